@@ -1,0 +1,41 @@
+"""``scd``: parse configuration, run the server until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import gevent
+from gevent.event import Event
+
+from . import logs
+from .config import ConfigError, load_config
+
+EXIT_USAGE = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        config = load_config(sys.argv[1:] if argv is None else argv, os.environ)
+    except ConfigError as exc:
+        print(f"scd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if config is None:  # --version or --help answered
+        return 0
+    logs.configure(config.data_dir, config.debug)
+
+    from .server.app import Server
+
+    try:
+        server = Server(config)
+        server.start()
+    except OSError as exc:
+        print(f"scd: cannot start: {exc}", file=sys.stderr)
+        return 1
+    stopping = Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stopping.set)
+    stopping.wait()
+    server.stop()
+    return 0

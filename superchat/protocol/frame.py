@@ -1,0 +1,108 @@
+"""Frame layer: ``[length u32][version u8][type u8][flags u8][payload]``.
+
+``length`` counts version, type, flags and payload. This module is sans-I/O:
+``FrameDecoder`` is fed whatever bytes arrived and yields whole frames.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import lz4.block
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_LENGTH = 1024 * 1024  # a length field of exactly 1 MiB is still accepted
+FLAG_COMPRESSED = 0x01
+FLAG_ENCRYPTED = 0x02
+
+_HEADER = struct.Struct(">IBBB")
+HEADER_SIZE = _HEADER.size  # 7 bytes: the length field plus version, type, flags
+
+
+class FrameError(ValueError):
+    """The byte stream cannot be framed; the connection must be closed."""
+
+
+class PayloadError(ValueError):
+    """One frame's payload cannot be unwrapped (bad compression, encryption); the stream is intact."""
+
+    def __init__(self, code: int, text: str):
+        super().__init__(text)
+        self.code = code
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    version: int
+    type: int
+    flags: int
+    payload: bytes
+
+    def unwrapped_payload(self) -> bytes:
+        """The payload with LZ4 compression removed (``[uncompressed size u32][LZ4 block]``)."""
+        if self.flags & FLAG_ENCRYPTED:
+            raise PayloadError(1004, "Encrypted payloads are not supported")
+        if not self.flags & FLAG_COMPRESSED:
+            return self.payload
+        if len(self.payload) < 4:
+            raise PayloadError(1003, "Compressed payload is missing its size")
+        size = int.from_bytes(self.payload[:4], "big")
+        if size > MAX_FRAME_LENGTH:
+            raise PayloadError(1003, "Compressed payload expands beyond the frame limit")
+        try:
+            data = lz4.block.decompress(self.payload[4:], uncompressed_size=size)
+        except lz4.block.LZ4BlockError as exc:
+            raise PayloadError(1003, "Invalid LZ4 payload") from exc
+        if len(data) != size:
+            raise PayloadError(1003, "LZ4 payload size does not match its header")
+        return data
+
+
+def encode_frame(msg_type: int, payload: bytes) -> bytes:
+    """Encode one uncompressed frame; servers always send version 1, flags 0."""
+    length = 3 + len(payload)
+    if length > MAX_FRAME_LENGTH:
+        raise FrameError(f"frame of {length} bytes exceeds the 1 MiB limit")
+    return _HEADER.pack(length, PROTOCOL_VERSION, msg_type, 0) + payload
+
+
+def compress_payload(payload: bytes) -> bytes:
+    """The compressed form a peer may send with FLAG_COMPRESSED (used by tests and tools)."""
+    return len(payload).to_bytes(4, "big") + lz4.block.compress(payload, store_size=False)
+
+
+class FrameDecoder:
+    """Accumulates received bytes and hands out complete frames.
+
+    Raises ``FrameError`` when a length field is out of bounds; after that the
+    stream has lost its framing and nothing more can be read from it.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[Frame]:
+        buf = self._buffer
+        buf += data
+        frames = []
+        pos = 0
+        while len(buf) - pos >= 4:
+            length = int.from_bytes(buf[pos : pos + 4], "big")
+            if length > MAX_FRAME_LENGTH:
+                raise FrameError(f"frame length {length} exceeds the 1 MiB limit")
+            if length < 3:
+                raise FrameError(f"frame length {length} is shorter than its header")
+            end = pos + 4 + length
+            if end > len(buf):
+                break
+            version, msg_type, flags = buf[pos + 4], buf[pos + 5], buf[pos + 6]
+            frames.append(Frame(version, msg_type, flags, bytes(buf[pos + 7 : end])))
+            pos = end
+        if pos:
+            del buf[:pos]
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buffer)

@@ -1,0 +1,1 @@
+"""The SuperChat server: transport, sessions, handlers and background jobs."""

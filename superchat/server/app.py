@@ -1,0 +1,89 @@
+"""Assemble the server, run it, and shut it down cleanly."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import gevent
+from gevent.pool import Pool
+from gevent.server import StreamServer
+
+from ..config import Config
+from ..protocol import encode_message, messages
+from ..storage import Store
+from .context import ServerContext
+from .session import SessionRegistry
+from .transport import ConnectionHandler
+from .writer import Writer
+
+log = logging.getLogger("superchat.server")
+
+# Bounded so a stuck client cannot hold up shutdown.
+SHUTDOWN_DRAIN_SECONDS = 3.0
+ACCEPT_BACKLOG = 4096
+
+
+class Server:
+    def __init__(self, config: Config):
+        self.config = config
+        config.database_path.parent.mkdir(parents=True, exist_ok=True)
+        store = Store(config.database_path)
+        store.seed_channels(
+            [(seed.name, seed.description) for seed in config.seed_channels],
+            config.default_retention_hours,
+        )
+        self.ctx = ServerContext(config=config, store=store, writer=Writer(store), sessions=SessionRegistry())
+        self._listener = StreamServer(
+            (config.bind_address, config.tcp_port),
+            ConnectionHandler(self.ctx),
+            backlog=ACCEPT_BACKLOG,
+            spawn=Pool(),  # tracked, so stop() can wait for every connection to wind down
+        )
+        self._background: list[gevent.Greenlet] = []
+
+    @property
+    def port(self) -> int:
+        return self._listener.server_port
+
+    def start(self) -> None:
+        self._listener.start()
+        log.info("Server started on port %d", self.port)
+        log.info("Database: %s", self.config.database_path)
+        self._background.append(gevent.spawn(self._retention_loop))
+
+    def _retention_loop(self) -> None:
+        interval = self.config.cleanup_interval_minutes * 60
+        while True:
+            self.delete_expired_messages()
+            gevent.sleep(interval)
+
+    def delete_expired_messages(self) -> None:
+        ctx = self.ctx
+        try:
+            removed = ctx.writer.run(ctx.store.delete_expired_messages, int(time.time() * 1000))
+        except Exception as exc:
+            log.error("Retention cleanup failed: database error: %s", exc)
+            return
+        if removed:
+            log.info("Cleaned up %d expired messages", removed)
+
+    def stop(self) -> None:
+        """Stop accepting, tell every client, let in-flight writes finish, close the database."""
+        log.info("Graceful shutdown initiated")
+        self._listener.close()
+        gevent.killall(self._background)
+        sessions = list(self.ctx.sessions.by_id.values())
+        farewell = encode_message(messages.Disconnect(reason="Server shutting down"))
+        for session in sessions:
+            session.send(farewell)
+        deadline = time.monotonic() + SHUTDOWN_DRAIN_SECONDS
+        for session in sessions:
+            session.drain(max(0.0, deadline - time.monotonic()))
+        # Handlers waiting on a commit get their answer before the sockets close.
+        self.ctx.writer.close()
+        for session in sessions:
+            session.close("server shutting down")
+        self._listener.stop(timeout=SHUTDOWN_DRAIN_SECONDS)
+        self.ctx.store.close()
+        log.info("Graceful shutdown complete (%d sessions notified)", len(sessions))

@@ -1,0 +1,58 @@
+"""Route each incoming frame to its handler, turning bad input into ERROR frames."""
+
+from __future__ import annotations
+
+import logging
+
+from ..protocol import DecodeError, ErrorCode, Frame, InvalidUTF8, PayloadError, messages
+from ..storage import StorageError
+from .context import ServerContext
+from .handlers import accounts, channels, connection, posts
+from .outbound import send_error
+from .session import Session
+
+log = logging.getLogger("superchat.dispatch")
+
+ROUTES = {
+    cls.TYPE: (cls, handler)
+    for module in (connection, accounts, channels, posts)
+    for cls, handler in module.HANDLERS.items()
+}
+
+# The reference server reads these without decoding an empty payload, so an empty
+# payload stands for the all-defaults message rather than a format error.
+EMPTY_MEANS_DEFAULTS = {messages.LeaveChannel.TYPE, messages.Disconnect.TYPE}
+
+
+def dispatch(ctx: ServerContext, session: Session, frame: Frame) -> None:
+    """Handle one frame. Raises ``connection.ClientDisconnect`` when the client says goodbye."""
+    route = ROUTES.get(frame.type)
+    if route is None:
+        send_error(session, ErrorCode.UNSUPPORTED, "Unsupported message type")
+        return
+    cls, handler = route
+    try:
+        payload = frame.unwrapped_payload()
+        if not payload and frame.type in EMPTY_MEANS_DEFAULTS:
+            msg = cls()
+        else:
+            msg, _ = cls.take(payload, 0)
+    except PayloadError as exc:
+        send_error(session, exc.code, str(exc))
+        return
+    except InvalidUTF8:
+        send_error(session, ErrorCode.INVALID_FORMAT, "Invalid message format: strings must be UTF-8")
+        return
+    except DecodeError:
+        send_error(session, ErrorCode.INVALID_FORMAT, "Invalid message format")
+        return
+    try:
+        handler(ctx, session, msg)
+    except connection.ClientDisconnect:
+        raise
+    except StorageError as exc:
+        log.error("Session %d: %s failed: database error: %s", session.id, cls.NAME, exc)
+        send_error(session, ErrorCode.DATABASE_ERROR, "Database error")
+    except Exception:
+        log.exception("Session %d: %s handler failed", session.id, cls.NAME)
+        send_error(session, ErrorCode.INTERNAL_ERROR, "Internal server error")

@@ -1,0 +1,1 @@
+"""Handlers, one module per protocol area; each exports HANDLERS: {message class: function}."""

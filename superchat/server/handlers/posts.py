@@ -1,0 +1,228 @@
+"""Messages: listing, posting, editing, deleting, and their live delivery."""
+
+from __future__ import annotations
+
+import logging
+
+from ...protocol import MAX_FRAME_LENGTH, ErrorCode, messages
+from ...storage import MessageRow, NewPost, PostRejected
+from ..context import ServerContext
+from ..limits import SlidingWindow
+from ..outbound import broadcast, send, send_error
+from ..session import Session
+
+log = logging.getLogger("superchat.posts")
+
+CHAT_CHANNEL = 0
+DEFAULT_PAGE = 50
+MAX_PAGE = 1000
+RATE_WINDOW_SECONDS = 60
+# Room for MESSAGE_LIST's own fields and the frame header inside the 1 MiB frame limit.
+LIST_OVERHEAD_BYTES = 64
+# Fixed bytes of one message entry besides its two strings.
+ENTRY_FIXED_BYTES = 52
+
+ADMIN_FLAG = 0x01
+MODERATOR_FLAG = 0x02
+
+
+def list_messages(ctx: ServerContext, session: Session, msg) -> None:
+    limit = min(msg.limit or DEFAULT_PAGE, MAX_PAGE)
+    if msg.parent_id is not None:
+        rows = ctx.store.list_thread(msg.parent_id, limit, msg.before_id, msg.after_id)
+    elif msg.subchannel_id is not None:
+        rows = []  # no subchannels exist on this server
+    else:
+        rows = ctx.store.list_root_messages(msg.channel_id, None, limit, msg.before_id, msg.after_id)
+    send(session, messages.MessageList(
+        channel_id=msg.channel_id,
+        subchannel_id=msg.subchannel_id,
+        parent_id=msg.parent_id,
+        messages=_fit_in_frame(_entries(ctx, rows)),
+    ))
+
+
+def _fit_in_frame(entries: list) -> list:
+    """Drop the newest entries that would push MESSAGE_LIST past the frame size limit."""
+    budget = MAX_FRAME_LENGTH - LIST_OVERHEAD_BYTES
+    for index, entry in enumerate(entries):
+        budget -= ENTRY_FIXED_BYTES + len(entry.author_nickname.encode()) + len(entry.content.encode())
+        if budget < 0:
+            return entries[:index]
+    return entries
+
+
+def post_message(ctx: ServerContext, session: Session, msg) -> None:
+    if not session.nickname:
+        send_error(session, ErrorCode.AUTH_REQUIRED, "Nickname required. Use SET_NICKNAME first.")
+        return
+    if not msg.content:
+        send_error(session, ErrorCode.INVALID_FORMAT, "Message content cannot be empty")
+        return
+    max_length = ctx.config.max_message_length
+    if len(msg.content.encode()) > max_length:
+        send_error(session, ErrorCode.MESSAGE_TOO_LONG, f"Message too long (max {max_length} bytes)")
+        return
+    if msg.subchannel_id is not None:
+        send_error(session, ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
+        return
+    channel = ctx.store.get_channel(msg.channel_id)
+    if channel is None:
+        # The reference server answers an unknown channel with a database error code.
+        send_error(session, ErrorCode.DATABASE_ERROR, "Channel not found")
+        return
+    if channel.channel_type == CHAT_CHANNEL and msg.parent_id is not None:
+        send_error(session, ErrorCode.INVALID_INPUT, "Chat channels do not support threaded replies")
+        return
+    # The reference server advertises message_rate_limit without enforcing it; we enforce it.
+    if session.post_window is None:
+        session.post_window = SlidingWindow(ctx.config.message_rate_limit, RATE_WINDOW_SECONDS)
+    if not session.post_window.allow():
+        log.warning("Session %d (%s): message rate limit exceeded", session.id, session.nickname)
+        send_error(
+            session,
+            ErrorCode.MESSAGE_RATE_LIMITED,
+            f"Message rate limit exceeded (max {ctx.config.message_rate_limit} per minute)",
+        )
+        return
+
+    stored = ctx.writer.post(NewPost(
+        channel_id=msg.channel_id,
+        subchannel_id=None,
+        parent_id=msg.parent_id,
+        author_user_id=session.user_id,
+        author_nickname=session.nickname,
+        content=msg.content,
+    ))
+    if isinstance(stored, PostRejected):
+        text = "Channel not found" if stored is PostRejected.NO_CHANNEL else "Parent message not found"
+        send_error(session, ErrorCode.DATABASE_ERROR, text)
+        return
+
+    # Sent only now: the post is committed, so a crash from here on cannot lose it.
+    send(session, messages.MessagePosted(success=True, message_id=stored.id, message="Message posted"))
+    log.info("%s POST_MESSAGE channel=%d message=%d session=%d", session.nickname, stored.channel_id,
+             stored.id, session.id)
+    if stored.parent_id is None:
+        audience = ctx.sessions.channel_subscribers(stored.channel_id)
+    else:
+        audience = ctx.sessions.thread_subscribers(stored.thread_root_id)
+    broadcast(list(audience), _entries(ctx, [stored], messages.NewMessage)[0])
+
+
+def edit_message(ctx: ServerContext, session: Session, msg) -> None:
+    if session.user_id is None:
+        send_error(session, ErrorCode.AUTH_REQUIRED, "Authentication required. Register to edit messages.")
+        return
+    if not msg.new_content:
+        send_error(session, ErrorCode.INVALID_FORMAT, "Message content cannot be empty")
+        return
+    max_length = ctx.config.max_message_length
+    if len(msg.new_content.encode()) > max_length:
+        send_error(session, ErrorCode.MESSAGE_TOO_LONG, f"Message too long (max {max_length} bytes)")
+        return
+    row = ctx.store.get_message(msg.message_id)
+    if row is None:
+        send_error(session, ErrorCode.MESSAGE_NOT_FOUND, "Message not found")
+        return
+    if row.author_user_id is None:
+        send_error(session, ErrorCode.PERMISSION_DENIED, "Cannot edit anonymous messages")
+        return
+    if row.author_user_id != session.user_id and not _is_admin(session):
+        send_error(session, ErrorCode.PERMISSION_DENIED, "You can only edit your own messages")
+        return
+    if row.deleted_at is not None:
+        send_error(session, ErrorCode.INVALID_INPUT, "Cannot edit deleted message")
+        return
+    edited = ctx.writer.run(ctx.store.edit_message, msg.message_id, msg.new_content)
+    if edited is None:  # deleted between the check and the write
+        send_error(session, ErrorCode.INVALID_INPUT, "Cannot edit deleted message")
+        return
+    log.info("Session %d (%s) edited message %d", session.id, session.nickname, edited.id)
+    notice = messages.MessageEdited(
+        success=True, message_id=edited.id, edited_at=edited.edited_at, new_content=edited.content, message=""
+    )
+    broadcast(ctx.sessions.channel_audience(edited.channel_id) | {session}, notice)
+
+
+def delete_message(ctx: ServerContext, session: Session, msg) -> None:
+    if not session.nickname:
+        send_error(session, ErrorCode.NICKNAME_REQUIRED, "Nickname required. Use SET_NICKNAME first.")
+        return
+    row = ctx.store.get_message(msg.message_id)
+    # Unknown and already-deleted messages get the reference server's database error code.
+    if row is None:
+        send_error(session, ErrorCode.DATABASE_ERROR, "Message not found")
+        return
+    if row.deleted_at is not None:
+        send_error(session, ErrorCode.DATABASE_ERROR, "Message already deleted")
+        return
+    # The reference server's in-memory store lets anyone delete anything; the documented
+    # rule, enforced here, is that only the author or an admin may.
+    if not (_is_author(session, row) or _is_admin(session)):
+        send_error(session, ErrorCode.PERMISSION_DENIED, "You can only delete your own messages")
+        return
+    deleted = ctx.writer.run(ctx.store.soft_delete_message, msg.message_id)
+    if deleted is None:
+        send_error(session, ErrorCode.DATABASE_ERROR, "Message already deleted")
+        return
+    log.info("Session %d (%s) deleted message %d", session.id, session.nickname, deleted.id)
+    notice = messages.MessageDeleted(
+        success=True, message_id=deleted.id, deleted_at=deleted.deleted_at, message=deleted.content
+    )
+    broadcast(ctx.sessions.channel_audience(deleted.channel_id) | {session}, notice)
+
+
+def _is_author(session: Session, row: MessageRow) -> bool:
+    if row.author_user_id is not None:
+        return row.author_user_id == session.user_id
+    return row.author_nickname == session.nickname
+
+
+def _is_admin(session: Session) -> bool:
+    return session.user_id is not None and bool(session.user_flags & ADMIN_FLAG)
+
+
+def _entries(ctx: ServerContext, rows: list[MessageRow], record=messages.MessageEntry) -> list:
+    """Wire entries with display names: ``~`` anonymous, ``$`` admin, ``@`` moderator, bare otherwise."""
+    users: dict[int, str] = {}
+    entries = []
+    for row in rows:
+        if row.author_user_id is None:
+            author = "~" + row.author_nickname
+        else:
+            author = users.get(row.author_user_id)
+            if author is None:
+                author = users[row.author_user_id] = _registered_name(ctx, row)
+        entries.append(record(
+            id=row.id,
+            channel_id=row.channel_id,
+            subchannel_id=row.subchannel_id,
+            parent_id=row.parent_id,
+            author_user_id=row.author_user_id,
+            author_nickname=author,
+            content=row.content,
+            created_at=row.created_at,
+            edited_at=row.edited_at,
+            reply_count=row.reply_count,
+        ))
+    return entries
+
+
+def _registered_name(ctx: ServerContext, row: MessageRow) -> str:
+    user = ctx.store.get_user(row.author_user_id)
+    if user is None:
+        return row.author_nickname
+    if user.user_flags & ADMIN_FLAG:
+        return "$" + user.nickname
+    if user.user_flags & MODERATOR_FLAG:
+        return "@" + user.nickname
+    return user.nickname
+
+
+HANDLERS = {
+    messages.ListMessages: list_messages,
+    messages.PostMessage: post_message,
+    messages.EditMessage: edit_message,
+    messages.DeleteMessage: delete_message,
+}

@@ -1,0 +1,26 @@
+"""The one way frames leave the server: encode once, queue the same bytes for every recipient."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from ..protocol import encode_message, messages
+from .session import Session
+
+
+def send(session: Session, msg) -> None:
+    session.send(encode_message(msg))
+
+
+def send_error(session: Session, code: int, text: str) -> None:
+    send(session, messages.Error(error_code=int(code), message=text))
+
+
+def broadcast(sessions: Iterable[Session], msg) -> int:
+    """Deliver one message to many sessions; returns how many it was queued for."""
+    frame = encode_message(msg)
+    count = 0
+    for session in sessions:
+        session.send(frame)
+        count += 1
+    return count

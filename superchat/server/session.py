@@ -1,0 +1,223 @@
+"""Connected sessions, their outbound queues and the indexes broadcasts use."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import deque
+from collections.abc import Iterable
+
+import gevent
+
+from .limits import SlidingWindow
+
+log = logging.getLogger("superchat.session")
+
+# A session whose unsent bytes pass this is a reader that stopped reading; it is
+# dropped so that it never holds memory or delays anyone else.
+MAX_PENDING_BYTES = 4 * 1024 * 1024
+
+
+class Session:
+    """One client connection: identity, joined channel, subscriptions and an outbound queue.
+
+    Sending never blocks the caller: frames are appended to ``_pending`` and a
+    short-lived flusher greenlet writes them while the socket accepts data.
+    """
+
+    __slots__ = (
+        "id",
+        "address",
+        "_socket",
+        "_pending",
+        "_pending_bytes",
+        "_flusher",
+        "closed",
+        "close_reason",
+        "nickname",
+        "user_id",
+        "user_flags",
+        "joined_channel",
+        "threads",
+        "channels",
+        "post_window",
+        "create_window",
+    )
+
+    def __init__(self, session_id: int, address: tuple, sock):
+        self.id = session_id
+        self.address = address
+        self._socket = sock
+        self._pending: deque[bytes] = deque()
+        self._pending_bytes = 0
+        self._flusher = None
+        self.closed = False
+        self.close_reason = ""
+        self.nickname = ""
+        self.user_id: int | None = None
+        self.user_flags = 0
+        self.joined_channel: int | None = None
+        self.threads: set[int] = set()
+        self.channels: set[int] = set()
+        # Rate windows are created on first use: most sessions never post.
+        self.post_window: SlidingWindow | None = None
+        self.create_window: SlidingWindow | None = None
+
+    @property
+    def peer(self) -> str:
+        host, port = self.address[0], self.address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def send(self, frame: bytes) -> None:
+        """Queue one encoded frame; the same bytes object may go to many sessions."""
+        if self.closed:
+            return
+        self._pending.append(frame)
+        self._pending_bytes += len(frame)
+        if self._pending_bytes > MAX_PENDING_BYTES:
+            log.warning(
+                "Session %d (%s) disconnected: outbound queue overflow (%d bytes unread)",
+                self.id,
+                self.nickname or "-",
+                self._pending_bytes,
+            )
+            self.close("outbound queue overflow")
+            return
+        if self._flusher is None:
+            self._flusher = gevent.spawn(self._flush)
+
+    def _flush(self) -> None:
+        try:
+            while self._pending and not self.closed:
+                chunk = b"".join(self._pending)
+                self._pending.clear()
+                self._pending_bytes = 0
+                self._socket.sendall(chunk)
+        except OSError:
+            self.close("write failed")
+        finally:
+            self._flusher = None
+
+    def drain(self, timeout: float) -> None:
+        """Wait (bounded) until everything queued so far has been written."""
+        flusher = self._flusher
+        if flusher is not None:
+            flusher.join(timeout)
+
+    def close(self, reason: str) -> None:
+        """Stop sending and shut the socket; the reader loop then ends and unregisters us."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        self._pending.clear()
+        self._pending_bytes = 0
+        try:
+            self._socket.shutdown(2)
+        except OSError:
+            pass
+
+
+class SessionRegistry:
+    """Every live session, with reverse indexes so a broadcast never walks all sessions."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+        self.by_id: dict[int, Session] = {}
+        self._per_address: dict[str, int] = {}
+        self._thread_subscribers: dict[int, set[Session]] = {}
+        self._channel_subscribers: dict[int, set[Session]] = {}
+        self._channel_members: dict[int, set[Session]] = {}
+
+    def __len__(self) -> int:
+        return len(self.by_id)
+
+    def connections_from(self, host: str) -> int:
+        return self._per_address.get(host, 0)
+
+    def open(self, address: tuple, sock) -> Session:
+        session = Session(next(self._ids), address, sock)
+        self.by_id[session.id] = session
+        host = address[0]
+        self._per_address[host] = self._per_address.get(host, 0) + 1
+        return session
+
+    def remove(self, session: Session) -> None:
+        if self.by_id.pop(session.id, None) is None:
+            return
+        host = session.address[0]
+        remaining = self._per_address.get(host, 1) - 1
+        if remaining:
+            self._per_address[host] = remaining
+        else:
+            self._per_address.pop(host, None)
+        for thread_id in session.threads:
+            _discard(self._thread_subscribers, thread_id, session)
+        for channel_id in session.channels:
+            _discard(self._channel_subscribers, channel_id, session)
+        if session.joined_channel is not None:
+            _discard(self._channel_members, session.joined_channel, session)
+        session.threads = set()
+        session.channels = set()
+
+    # -- joined channel --
+
+    def join(self, session: Session, channel_id: int) -> None:
+        self.leave(session)
+        session.joined_channel = channel_id
+        self._channel_members.setdefault(channel_id, set()).add(session)
+
+    def leave(self, session: Session) -> None:
+        if session.joined_channel is not None:
+            _discard(self._channel_members, session.joined_channel, session)
+            session.joined_channel = None
+
+    # -- subscriptions --
+
+    def subscribe_thread(self, session: Session, thread_id: int) -> None:
+        session.threads.add(thread_id)
+        self._thread_subscribers.setdefault(thread_id, set()).add(session)
+
+    def unsubscribe_thread(self, session: Session, thread_id: int) -> None:
+        session.threads.discard(thread_id)
+        _discard(self._thread_subscribers, thread_id, session)
+
+    def subscribe_channel(self, session: Session, channel_id: int) -> None:
+        session.channels.add(channel_id)
+        self._channel_subscribers.setdefault(channel_id, set()).add(session)
+
+    def unsubscribe_channel(self, session: Session, channel_id: int) -> None:
+        session.channels.discard(channel_id)
+        _discard(self._channel_subscribers, channel_id, session)
+
+    def forget_channel(self, channel_id: int) -> None:
+        """Drop every index entry of a channel that no longer exists."""
+        for session in self._channel_subscribers.pop(channel_id, ()):
+            session.channels.discard(channel_id)
+        for session in self._channel_members.pop(channel_id, ()):
+            session.joined_channel = None
+
+    def forget_threads(self, thread_ids: Iterable[int]) -> None:
+        for thread_id in thread_ids:
+            for session in self._thread_subscribers.pop(thread_id, ()):
+                session.threads.discard(thread_id)
+
+    # -- audiences --
+
+    def thread_subscribers(self, thread_id: int) -> set[Session]:
+        return self._thread_subscribers.get(thread_id, set())
+
+    def channel_subscribers(self, channel_id: int) -> set[Session]:
+        return self._channel_subscribers.get(channel_id, set())
+
+    def channel_audience(self, channel_id: int) -> set[Session]:
+        """Sessions that joined or subscribed to a channel: who hears edits and deletions."""
+        return self._channel_members.get(channel_id, set()) | self.channel_subscribers(channel_id)
+
+
+def _discard(index: dict[int, set[Session]], key: int, session: Session) -> None:
+    members = index.get(key)
+    if members is not None:
+        members.discard(session)
+        if not members:
+            del index[key]

@@ -1,0 +1,61 @@
+"""All database writes go through one OS thread, off the gevent hub.
+
+SQLite allows one writer at a time, and a commit waits for fsync; running
+writes on a dedicated thread keeps every other client's traffic moving
+meanwhile. Posts that arrive while a commit is in progress are committed
+together in the next transaction (group commit), so the acknowledgement still
+follows the commit of that very post.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+from gevent.event import AsyncResult
+from gevent.threadpool import ThreadPool
+
+from ..storage import MessageRow, NewPost, PostRejected, Store
+
+
+class Writer:
+    def __init__(self, store: Store):
+        self._store = store
+        self._pool = ThreadPool(1)
+        self._queued: list[tuple[NewPost, AsyncResult]] = []
+        self._committer: gevent.Greenlet | None = None
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one write on the writer thread; blocks only the calling greenlet."""
+        return self._pool.apply(fn, args)
+
+    def post(self, post: NewPost) -> MessageRow | PostRejected:
+        """Commit one post, batched with any that arrive alongside it; returns once durable."""
+        result = AsyncResult()
+        self._queued.append((post, result))
+        if self._committer is None:
+            self._committer = gevent.spawn(self._commit_queued)
+        return result.get()
+
+    def _commit_queued(self) -> None:
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                try:
+                    rows = self._pool.apply(self._store.post_messages, ([post for post, _ in batch],))
+                except Exception as exc:  # every waiter learns of the failure; none is acknowledged
+                    for _, result in batch:
+                        result.set_exception(exc)
+                else:
+                    for (_, result), row in zip(batch, rows, strict=True):
+                        result.set(row)
+        finally:
+            self._committer = None
+
+    def close(self) -> None:
+        """Wait for queued writes, then stop the thread."""
+        committer = self._committer
+        if committer is not None:
+            committer.join()
+        self._pool.kill()

@@ -1,0 +1,557 @@
+"""SQLite persistence for the SuperChat server.
+
+Every SQL statement of the server lives here. The API is synchronous and knows nothing about
+gevent: reads run on the hub thread against the reader connection, writes run on one dedicated
+writer thread against the writer connection. Two peewee databases share the same file so that
+the hub never waits for the writer's fsync; WAL lets the reader see every committed write.
+"""
+
+import os
+import sqlite3
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from enum import Enum
+from pathlib import Path
+
+import peewee
+from peewee import SQL, Case, fn
+
+_MS_PER_HOUR = 3_600_000
+_MAX_ROOT_PAGE = 1000
+
+CHAT_CHANNEL_NAME = "chat"
+_CHAT_DISPLAY_NAME = ">chat"
+_CHAT_DESCRIPTION = "General chat (linear conversation)"
+_CHAT_RETENTION_HOURS = 24
+CHANNEL_TYPE_CHAT = 0
+CHANNEL_TYPE_FORUM = 1
+
+_PRAGMAS = (
+    # busy_timeout first: switching to WAL needs a lock another process may hold.
+    ("busy_timeout", 5000),
+    ("journal_mode", "wal"),
+    ("foreign_keys", 1),
+    # FULL fsyncs the WAL on every commit; the server acknowledges a post only after the commit,
+    # so an acknowledged post survives power loss.
+    ("synchronous", "FULL"),
+)
+
+
+@dataclass(frozen=True)
+class ChannelRow:
+    id: int
+    name: str
+    display_name: str
+    description: str | None
+    channel_type: int
+    retention_hours: int
+    created_by: int | None
+    created_at: int
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    id: int
+    channel_id: int
+    subchannel_id: int | None
+    parent_id: int | None
+    thread_root_id: int
+    author_user_id: int | None
+    author_nickname: str
+    content: str
+    created_at: int
+    edited_at: int | None
+    deleted_at: int | None
+    # Direct, not-deleted replies; only computed for roots, replies always carry 0.
+    reply_count: int
+
+
+@dataclass(frozen=True)
+class UserRow:
+    id: int
+    nickname: str
+    user_flags: int
+    password_hash: str
+    created_at: int
+    last_seen: int | None
+
+
+@dataclass(frozen=True)
+class NewPost:
+    channel_id: int
+    subchannel_id: int | None
+    parent_id: int | None
+    author_user_id: int | None
+    author_nickname: str
+    content: str
+
+
+class PostRejected(Enum):
+    NO_CHANNEL = "no_channel"
+    # The parent is missing, soft-deleted or belongs to another channel.
+    NO_PARENT = "no_parent"
+
+
+class ChannelExists(Exception):
+    pass
+
+
+class StorageError(Exception):
+    pass
+
+
+# Migrations are frozen SQL rather than create_table() calls on the models: a step must keep
+# producing the schema of its own version after the models have moved on. Append, never edit.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE Channel (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,
+            display_name TEXT NOT NULL,
+            description TEXT,
+            channel_type INTEGER NOT NULL,
+            retention_hours INTEGER NOT NULL,
+            created_by INTEGER,
+            created_at INTEGER NOT NULL
+        )""",
+        """CREATE TABLE User (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            nickname TEXT NOT NULL UNIQUE,
+            user_flags INTEGER NOT NULL DEFAULT 0,
+            password_hash TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            last_seen INTEGER
+        )""",
+        # parent_id has no ON DELETE action on purpose: retention removes a whole thread in one
+        # statement (checked at its end), and a cascade would hide rows from the deleted count.
+        # thread_root_id is NULL only inside the transaction that inserts a root.
+        """CREATE TABLE Message (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            channel_id INTEGER NOT NULL REFERENCES Channel(id) ON DELETE CASCADE,
+            subchannel_id INTEGER,
+            parent_id INTEGER REFERENCES Message(id),
+            thread_root_id INTEGER,
+            author_user_id INTEGER,
+            author_nickname TEXT NOT NULL,
+            content TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            edited_at INTEGER,
+            deleted_at INTEGER
+        )""",
+        "CREATE INDEX idx_message_roots ON Message(channel_id, parent_id, id)",
+        # deleted_at makes reply counting index-only.
+        "CREATE INDEX idx_message_parent ON Message(parent_id, deleted_at) WHERE parent_id IS NOT NULL",
+        "CREATE INDEX idx_message_thread ON Message(thread_root_id)",
+        "CREATE INDEX idx_message_root_age ON Message(created_at) WHERE parent_id IS NULL",
+    ),
+)
+
+
+class _Model(peewee.Model):
+    class Meta:
+        # Unbound: every query names the reader or the writer explicitly.
+        database = None
+
+
+class _Channel(_Model):
+    id = peewee.AutoField()
+    name = peewee.TextField()
+    display_name = peewee.TextField()
+    description = peewee.TextField(null=True)
+    channel_type = peewee.IntegerField()
+    retention_hours = peewee.IntegerField()
+    created_by = peewee.IntegerField(null=True)
+    created_at = peewee.IntegerField()
+
+    class Meta:
+        table_name = "Channel"
+
+
+class _Message(_Model):
+    id = peewee.AutoField()
+    channel_id = peewee.IntegerField()
+    subchannel_id = peewee.IntegerField(null=True)
+    parent_id = peewee.IntegerField(null=True)
+    thread_root_id = peewee.IntegerField(null=True)
+    author_user_id = peewee.IntegerField(null=True)
+    author_nickname = peewee.TextField()
+    content = peewee.TextField()
+    created_at = peewee.IntegerField()
+    edited_at = peewee.IntegerField(null=True)
+    deleted_at = peewee.IntegerField(null=True)
+
+    class Meta:
+        table_name = "Message"
+
+
+class _User(_Model):
+    id = peewee.AutoField()
+    nickname = peewee.TextField()
+    user_flags = peewee.IntegerField()
+    password_hash = peewee.TextField()
+    created_at = peewee.IntegerField()
+    last_seen = peewee.IntegerField(null=True)
+
+    class Meta:
+        table_name = "User"
+
+
+_CHANNEL_COLUMNS = (
+    _Channel.id,
+    _Channel.name,
+    _Channel.display_name,
+    _Channel.description,
+    _Channel.channel_type,
+    _Channel.retention_hours,
+    _Channel.created_by,
+    _Channel.created_at,
+)
+_MESSAGE_COLUMNS = (
+    _Message.id,
+    _Message.channel_id,
+    _Message.subchannel_id,
+    _Message.parent_id,
+    _Message.thread_root_id,
+    _Message.author_user_id,
+    _Message.author_nickname,
+    _Message.content,
+    _Message.created_at,
+    _Message.edited_at,
+    _Message.deleted_at,
+)
+_USER_COLUMNS = (
+    _User.id,
+    _User.nickname,
+    _User.user_flags,
+    _User.password_hash,
+    _User.created_at,
+    _User.last_seen,
+)
+
+
+def _reply_count() -> peewee.Select:
+    reply = _Message.alias("reply")
+    return reply.select(fn.COUNT(SQL("*"))).where((reply.parent_id == _Message.id) & reply.deleted_at.is_null())
+
+
+def _select_messages() -> peewee.ModelSelect:
+    """Messages of any kind; reply_count is computed for roots only."""
+    return _Message.select(*_MESSAGE_COLUMNS, Case(None, [(_Message.parent_id.is_null(), _reply_count())], 0))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _rows(query: peewee.BaseQuery, db: peewee.Database) -> list[tuple]:
+    # Draining the cursor ends SQLite's implicit read transaction at once, so the reader never
+    # pins an old WAL snapshot between calls.
+    return list(query.tuples().execute(db))
+
+
+@contextmanager
+def _storage_errors():
+    try:
+        yield
+    except (peewee.PeeweeException, sqlite3.Error) as exc:
+        raise StorageError(str(exc)) from exc
+
+
+def _open(path: Path, lock_type: str | None = None) -> peewee.SqliteDatabase:
+    # thread_safe=False: under gevent's monkey-patching, thread-locals are greenlet-locals and
+    # peewee would open one connection per greenlet; we want exactly one per database object.
+    db = peewee.SqliteDatabase(
+        str(path),
+        pragmas=_PRAGMAS,
+        thread_safe=False,
+        check_same_thread=False,
+        autoconnect=False,
+        lock_type=lock_type,
+    )
+    db.connect()
+    return db
+
+
+def _migrate(db: peewee.SqliteDatabase) -> None:
+    with db.atomic():
+        (version,) = db.execute_sql("PRAGMA user_version").fetchone()
+        if version > len(_MIGRATIONS):
+            raise StorageError(f"database schema version {version} is newer than this server ({len(_MIGRATIONS)})")
+        for number, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
+            for statement in statements:
+                db.execute_sql(statement)
+            db.execute_sql(f"PRAGMA user_version = {number}")
+
+
+class Store:
+    def __init__(self, path: os.PathLike | str):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _storage_errors():
+            # IMMEDIATE: take the write lock when the transaction starts, so a write transaction
+            # never fails half-way on a lock upgrade.
+            self._writer = _open(path, lock_type="IMMEDIATE")
+            try:
+                _migrate(self._writer)
+                self._reader = _open(path)
+            except BaseException:
+                self._writer.close()
+                raise
+
+    def close(self) -> None:
+        with _storage_errors():
+            self._reader.close()
+            self._writer.close()
+
+    # -- reads: hub thread, reader connection ------------------------------------------------
+
+    @_storage_errors()
+    def list_channels(self) -> list[ChannelRow]:
+        query = _Channel.select(*_CHANNEL_COLUMNS).order_by(_Channel.name)
+        return [ChannelRow(*row) for row in _rows(query, self._reader)]
+
+    @_storage_errors()
+    def get_channel(self, channel_id: int) -> ChannelRow | None:
+        rows = _rows(_Channel.select(*_CHANNEL_COLUMNS).where(_Channel.id == channel_id), self._reader)
+        return ChannelRow(*rows[0]) if rows else None
+
+    @_storage_errors()
+    def get_message(self, message_id: int) -> MessageRow | None:
+        return self._message(self._reader, message_id)
+
+    @_storage_errors()
+    def list_root_messages(
+        self,
+        channel_id: int,
+        subchannel_id: int | None,
+        limit: int,
+        before_id: int | None,
+        after_id: int | None,
+    ) -> list[MessageRow]:
+        limit = min(limit, _MAX_ROOT_PAGE)
+        if limit <= 0:
+            return []
+        if subchannel_id is None:
+            in_subchannel = _Message.subchannel_id.is_null()
+        else:
+            in_subchannel = _Message.subchannel_id == subchannel_id
+        query = _Message.select(*_MESSAGE_COLUMNS, _reply_count()).where(
+            (_Message.channel_id == channel_id)
+            & _Message.parent_id.is_null()
+            & in_subchannel
+            & _Message.deleted_at.is_null()
+        )
+        newest_first = after_id is None or before_id is not None
+        if before_id is not None:
+            query = query.where(_Message.id < before_id)
+        elif after_id is not None:
+            query = query.where(_Message.id > after_id)
+        query = query.order_by(_Message.id.desc() if newest_first else _Message.id).limit(limit)
+        rows = [MessageRow(*row) for row in _rows(query, self._reader)]
+        if newest_first:
+            rows.reverse()
+        return rows
+
+    @_storage_errors()
+    def list_thread(self, parent_id: int, limit: int, before_id: int | None, after_id: int | None) -> list[MessageRow]:
+        found = _rows(_Message.select(_Message.thread_root_id).where(_Message.id == parent_id), self._reader)
+        if not found:
+            return []
+        # One indexed query fetches the whole thread; the tree walk happens here.
+        thread = _Message.select(*_MESSAGE_COLUMNS).where(_Message.thread_root_id == found[0][0])
+        children: dict[int, list[MessageRow]] = {}
+        for row in _rows(thread.order_by(_Message.id), self._reader):
+            message = MessageRow(*row, 0)
+            children.setdefault(message.parent_id, []).append(message)
+        result: list[MessageRow] = []
+        stack = list(reversed(children.get(parent_id, ())))
+        while stack:
+            message = stack.pop()
+            stack.extend(reversed(children.get(message.id, ())))
+            # A deleted reply is hidden, its answers stay visible.
+            if message.deleted_at is not None:
+                continue
+            if before_id is not None and message.id >= before_id:
+                continue
+            if after_id is not None and message.id <= after_id:
+                continue
+            result.append(message)
+            if len(result) == limit:
+                break
+        return result
+
+    @_storage_errors()
+    def get_user_by_nickname(self, nickname: str) -> UserRow | None:
+        rows = _rows(_User.select(*_USER_COLUMNS).where(_User.nickname == nickname), self._reader)
+        return UserRow(*rows[0]) if rows else None
+
+    @_storage_errors()
+    def get_user(self, user_id: int) -> UserRow | None:
+        rows = _rows(_User.select(*_USER_COLUMNS).where(_User.id == user_id), self._reader)
+        return UserRow(*rows[0]) if rows else None
+
+    def is_healthy(self) -> bool:
+        try:
+            _rows(_Channel.select(_Channel.id).limit(1), self._reader)
+        except (peewee.PeeweeException, sqlite3.Error):
+            return False
+        return True
+
+    # -- writes: writer thread, writer connection --------------------------------------------
+
+    @_storage_errors()
+    def seed_channels(self, seeds: Sequence[tuple[str, str]], default_retention_hours: int) -> None:
+        with self._writer.atomic():
+            # AUTOINCREMENT records the highest Channel id ever used in sqlite_sequence, so this
+            # tells a fresh database from one whose admin deleted every channel.
+            used = self._writer.execute_sql("SELECT 1 FROM sqlite_sequence WHERE name = 'Channel'")
+            if used.fetchall():
+                return
+            now = _now_ms()
+            channels = [
+                (
+                    CHAT_CHANNEL_NAME,
+                    _CHAT_DISPLAY_NAME,
+                    _CHAT_DESCRIPTION,
+                    CHANNEL_TYPE_CHAT,
+                    _CHAT_RETENTION_HOURS,
+                )
+            ]
+            channels += [
+                (name, "#" + name, description, CHANNEL_TYPE_FORUM, default_retention_hours)
+                for name, description in seeds
+            ]
+            for name, display_name, description, channel_type, retention_hours in channels:
+                _Channel.insert(
+                    name=name,
+                    display_name=display_name,
+                    description=description,
+                    channel_type=channel_type,
+                    retention_hours=retention_hours,
+                    created_by=None,
+                    created_at=now,
+                ).on_conflict_ignore().execute(self._writer)
+
+    @_storage_errors()
+    def create_channel(
+        self,
+        name: str,
+        display_name: str,
+        description: str | None,
+        channel_type: int,
+        retention_hours: int,
+        created_by: int | None,
+    ) -> ChannelRow:
+        with self._writer.atomic():
+            if _rows(_Channel.select(_Channel.id).where(_Channel.name == name), self._writer):
+                raise ChannelExists(name)
+            now = _now_ms()
+            channel_id = _Channel.insert(
+                name=name,
+                display_name=display_name,
+                description=description,
+                channel_type=channel_type,
+                retention_hours=retention_hours,
+                created_by=created_by,
+                created_at=now,
+            ).execute(self._writer)
+        return ChannelRow(channel_id, name, display_name, description, channel_type, retention_hours, created_by, now)
+
+    @_storage_errors()
+    def post_messages(self, posts: Sequence[NewPost]) -> list[MessageRow | PostRejected]:
+        """Store a batch in one transaction (one fsync); results follow the input order."""
+        results: list[MessageRow | PostRejected] = []
+        now = _now_ms()
+        with self._writer.atomic():
+            channels: dict[int, bool] = {}
+            for post in posts:
+                results.append(self._insert_post(post, now, channels))
+        return results
+
+    def _insert_post(self, post: NewPost, now: int, channels: dict[int, bool]) -> MessageRow | PostRejected:
+        if post.channel_id not in channels:
+            query = _Channel.select(_Channel.id).where(_Channel.id == post.channel_id)
+            channels[post.channel_id] = bool(_rows(query, self._writer))
+        if not channels[post.channel_id]:
+            return PostRejected.NO_CHANNEL
+        thread_root_id = None
+        if post.parent_id is not None:
+            query = _Message.select(_Message.thread_root_id).where(
+                (_Message.id == post.parent_id)
+                & (_Message.channel_id == post.channel_id)
+                & _Message.deleted_at.is_null()
+            )
+            parent = _rows(query, self._writer)
+            if not parent:
+                return PostRejected.NO_PARENT
+            thread_root_id = parent[0][0]
+        message_id = _Message.insert(
+            channel_id=post.channel_id,
+            subchannel_id=post.subchannel_id,
+            parent_id=post.parent_id,
+            thread_root_id=thread_root_id,
+            author_user_id=post.author_user_id,
+            author_nickname=post.author_nickname,
+            content=post.content,
+            created_at=now,
+        ).execute(self._writer)
+        if thread_root_id is None:
+            thread_root_id = message_id
+            _Message.update(thread_root_id=message_id).where(_Message.id == message_id).execute(self._writer)
+        return MessageRow(
+            message_id,
+            post.channel_id,
+            post.subchannel_id,
+            post.parent_id,
+            thread_root_id,
+            post.author_user_id,
+            post.author_nickname,
+            post.content,
+            now,
+            None,
+            None,
+            0,
+        )
+
+    @_storage_errors()
+    def edit_message(self, message_id: int, content: str) -> MessageRow | None:
+        with self._writer.atomic():
+            message = self._message(self._writer, message_id)
+            if message is None or message.deleted_at is not None:
+                return None
+            now = _now_ms()
+            _Message.update(content=content, edited_at=now).where(_Message.id == message_id).execute(self._writer)
+        return replace(message, content=content, edited_at=now)
+
+    @_storage_errors()
+    def soft_delete_message(self, message_id: int) -> MessageRow | None:
+        with self._writer.atomic():
+            message = self._message(self._writer, message_id)
+            if message is None or message.deleted_at is not None:
+                return None
+            now = _now_ms()
+            _Message.update(content="", deleted_at=now).where(_Message.id == message_id).execute(self._writer)
+        # The caller still needs the original content, e.g. for moderation logs.
+        return replace(message, deleted_at=now)
+
+    @_storage_errors()
+    def delete_expired_messages(self, now_ms: int) -> int:
+        root = _Message.alias("root")
+        retention_ms = _Channel.select(_Channel.retention_hours * _MS_PER_HOUR).where(_Channel.id == root.channel_id)
+        # The shortest retention gives a constant bound, so only old roots are read, through the
+        # created_at index; the per-channel comparison then refines it.
+        oldest_kept = _Channel.select(now_ms - fn.MIN(_Channel.retention_hours) * _MS_PER_HOUR)
+        expired_roots = root.select(root.id).where(
+            root.parent_id.is_null() & (root.created_at < oldest_kept) & (root.created_at + retention_ms < now_ms)
+        )
+        with self._writer.atomic():
+            return _Message.delete().where(_Message.thread_root_id.in_(expired_roots)).execute(self._writer)
+
+    # -- shared by both connections ----------------------------------------------------------
+
+    @staticmethod
+    def _message(db: peewee.Database, message_id: int) -> MessageRow | None:
+        rows = _rows(_select_messages().where(_Message.id == message_id), db)
+        return MessageRow(*rows[0]) if rows else None

@@ -1,0 +1,85 @@
+"""Run the real ``bin/scd`` as a subprocess on loopback and an ephemeral port."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import tomli_w
+
+REPO = Path(__file__).resolve().parent.parent
+SCD = REPO / "bin" / "scd"
+STARTED = re.compile(r"Server started on port (\d+)")
+
+
+class ServerProcess:
+    """One scd instance with its own HOME, data directory and config file under ``root``."""
+
+    def __init__(self, root: Path, settings: dict | None = None, args: tuple[str, ...] = ()):
+        self.root = root
+        self.data_dir = root / "data" / "superchat"
+        self.config_path = root / "config.toml"
+        self.args = args
+        root.mkdir(parents=True, exist_ok=True)
+        self.write_config(settings or {})
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.output: list[str] = []
+
+    def write_config(self, settings: dict) -> None:
+        document: dict = {"server": {"bind_address": "127.0.0.1", "tcp_port": 0}}
+        for section, values in settings.items():
+            document.setdefault(section, {}).update(values)
+        self.config_path.write_text(tomli_w.dumps(document))
+
+    @property
+    def env(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERCHAT_")}
+        env.update(HOME=str(self.root), XDG_DATA_HOME=str(self.root / "data"), PYTHONUNBUFFERED="1")
+        return env
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        self.output = []
+        self.proc = subprocess.Popen(
+            [sys.executable, str(SCD), "--config", str(self.config_path), *self.args],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        started = threading.Event()
+
+        def pump(stream):
+            for line in stream:
+                self.output.append(line.rstrip("\n"))
+                match = STARTED.search(line)
+                if match:
+                    self.port = int(match.group(1))
+                    started.set()
+
+        threading.Thread(target=pump, args=(self.proc.stdout,), daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while not started.wait(0.05):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError("scd did not start:\n" + "\n".join(self.output))
+        return self
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_text(self, name: str = "server.log") -> str:
+        return (self.data_dir / name).read_text()

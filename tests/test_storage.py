@@ -1,0 +1,548 @@
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from superchat import storage
+from superchat.storage import (
+    ChannelExists,
+    ChannelRow,
+    MessageRow,
+    NewPost,
+    PostRejected,
+    StorageError,
+    Store,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HOUR_MS = 3_600_000
+FORUM_SEEDS = [("general", "General discussion"), ("tech", "Technical topics")]
+
+
+@pytest.fixture
+def db_path(tmp_path):
+    return tmp_path / "data" / "superchat.db"
+
+
+@pytest.fixture
+def store(db_path):
+    s = Store(db_path)
+    s.seed_channels(FORUM_SEEDS, 168)
+    yield s
+    s.close()
+
+
+def channel_id(store: Store, name: str) -> int:
+    return next(c.id for c in store.list_channels() if c.name == name)
+
+
+def new_post(channel, parent=None, content="hello", nickname="alice", subchannel=None, user=None):
+    return NewPost(channel, subchannel, parent, user, nickname, content)
+
+
+def post(store: Store, channel, parent=None, content="hello", subchannel=None) -> MessageRow:
+    (row,) = store.post_messages([new_post(channel, parent, content, subchannel=subchannel)])
+    assert isinstance(row, MessageRow)
+    return row
+
+
+def sql(db_path, statement: str) -> list[tuple]:
+    """Run one statement on a separate connection, as another process would see the file."""
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA foreign_keys = 1")
+        return conn.execute(statement).fetchall()
+    finally:
+        conn.close()
+
+
+def ids(rows):
+    return [r.id for r in rows]
+
+
+def wait_next_ms(after: int) -> None:
+    while time.time_ns() // 1_000_000 <= after:
+        time.sleep(0.001)
+
+
+# -- schema and migrations ---------------------------------------------------------------------
+
+
+def test_migrates_empty_database_and_creates_parent_directory(db_path):
+    assert not db_path.parent.exists()
+    Store(db_path).close()
+    assert sql(db_path, "PRAGMA user_version") == [(1,)]
+    tables = {r[0] for r in sql(db_path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"Channel", "Message", "User"} <= tables
+    indexes = {r[0] for r in sql(db_path, "SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {
+        "idx_message_roots",
+        "idx_message_parent",
+        "idx_message_thread",
+        "idx_message_root_age",
+    } <= indexes
+
+
+def test_reopen_is_idempotent_and_keeps_data(db_path):
+    first = Store(db_path)
+    first.seed_channels(FORUM_SEEDS, 168)
+    message = post(first, channel_id(first, "general"), content="persisted")
+    first.close()
+
+    second = Store(db_path)
+    try:
+        assert second.get_message(message.id) == message
+        assert [c.name for c in second.list_channels()] == ["chat", "general", "tech"]
+    finally:
+        second.close()
+    assert sql(db_path, "PRAGMA user_version") == [(1,)]
+
+
+def test_refuses_a_database_from_a_newer_server(db_path):
+    Store(db_path).close()
+    sql(db_path, "PRAGMA user_version = 99")
+    with pytest.raises(StorageError, match="newer"):
+        Store(db_path)
+
+
+def test_models_match_the_migrated_tables(store, db_path):
+    for model in (storage._Channel, storage._Message, storage._User):
+        table = model._meta.table_name
+        columns = [r[1] for r in sql(db_path, f'PRAGMA table_info("{table}")')]
+        assert columns == [f.column_name for f in model._meta.sorted_fields], table
+
+
+def test_journal_is_wal_and_writes_are_fully_synchronous(store, db_path):
+    post(store, channel_id(store, "chat"))
+    assert Path(str(db_path) + "-wal").exists()
+    assert sql(db_path, "PRAGMA journal_mode") == [("wal",)]
+    for db in (store._reader, store._writer):
+        assert db.execute_sql("PRAGMA synchronous").fetchone() == (2,)
+        assert db.execute_sql("PRAGMA foreign_keys").fetchone() == (1,)
+        assert db.execute_sql("PRAGMA busy_timeout").fetchone() == (5000,)
+
+
+# -- channels ----------------------------------------------------------------------------------
+
+
+def test_seeds_chat_and_forums_on_first_run(store):
+    chat, general, tech = store.list_channels()
+    assert (chat.name, chat.display_name, chat.description) == (
+        "chat",
+        ">chat",
+        "General chat (linear conversation)",
+    )
+    assert (chat.channel_type, chat.retention_hours, chat.created_by) == (0, 24, None)
+    assert (general.display_name, general.description, general.channel_type, general.retention_hours) == (
+        "#general",
+        "General discussion",
+        1,
+        168,
+    )
+    assert tech.display_name == "#tech"
+    assert chat.id < general.id < tech.id
+    assert store.get_channel(general.id) == general
+    assert store.get_channel(9999) is None
+
+
+def test_seeding_happens_only_once(db_path):
+    first = Store(db_path)
+    first.seed_channels(FORUM_SEEDS, 168)
+    first.close()
+
+    again = Store(db_path)
+    again.seed_channels([("other", "Other")], 48)
+    assert [c.name for c in again.list_channels()] == ["chat", "general", "tech"]
+    again.close()
+
+
+def test_seeding_never_recreates_deleted_channels(db_path):
+    first = Store(db_path)
+    first.seed_channels(FORUM_SEEDS, 168)
+    first.close()
+
+    sql(db_path, "DELETE FROM Channel WHERE name = 'tech'")
+    second = Store(db_path)
+    second.seed_channels(FORUM_SEEDS, 168)
+    assert [c.name for c in second.list_channels()] == ["chat", "general"]
+    second.close()
+
+    sql(db_path, "DELETE FROM Channel")
+    third = Store(db_path)
+    third.seed_channels(FORUM_SEEDS, 168)
+    assert third.list_channels() == []
+    third.close()
+
+
+def test_seed_named_like_chat_is_ignored(db_path):
+    s = Store(db_path)
+    s.seed_channels([("chat", "dup"), ("news", "News")], 72)
+    assert [(c.name, c.channel_type) for c in s.list_channels()] == [("chat", 0), ("news", 1)]
+    s.close()
+
+
+def test_create_channel_and_duplicate(store):
+    row = store.create_channel("aaa", "#aaa", None, 1, 12, 7)
+    assert isinstance(row, ChannelRow)
+    assert (row.name, row.display_name, row.description, row.channel_type, row.retention_hours) == (
+        "aaa",
+        "#aaa",
+        None,
+        1,
+        12,
+    )
+    assert row.created_by == 7
+    assert store.get_channel(row.id) == row
+    assert [c.name for c in store.list_channels()] == ["aaa", "chat", "general", "tech"]
+    with pytest.raises(ChannelExists):
+        store.create_channel("aaa", "#aaa", "again", 1, 12, None)
+    assert len(store.list_channels()) == 4
+
+
+# -- posting -----------------------------------------------------------------------------------
+
+
+def test_post_batch_results_in_input_order_with_rejections(store):
+    chat, general = channel_id(store, "chat"), channel_id(store, "general")
+    root = post(store, general)
+    deleted = post(store, general)
+    store.soft_delete_message(deleted.id)
+    elsewhere = post(store, chat)
+
+    results = store.post_messages(
+        [
+            new_post(general, content="new root"),
+            new_post(9999),
+            new_post(general, parent=root.id, content="reply"),
+            new_post(general, parent=123456),
+            new_post(general, parent=deleted.id),
+            new_post(general, parent=elsewhere.id),
+            new_post(chat, subchannel=3, nickname="bob", user=42, content="chat line"),
+        ]
+    )
+
+    new_root, no_channel, reply, missing, to_deleted, cross_channel, chat_line = results
+    assert no_channel is PostRejected.NO_CHANNEL
+    assert missing is to_deleted is cross_channel is PostRejected.NO_PARENT
+    assert new_root.content == "new root" and new_root.parent_id is None
+    assert new_root.thread_root_id == new_root.id
+    assert (reply.parent_id, reply.thread_root_id) == (root.id, root.id)
+    assert (chat_line.channel_id, chat_line.subchannel_id) == (chat, 3)
+    assert (chat_line.author_user_id, chat_line.author_nickname) == (42, "bob")
+    assert new_root.id < reply.id < chat_line.id
+    for row in (new_root, reply, chat_line):
+        assert store.get_message(row.id) == row
+        assert row.edited_at is None and row.deleted_at is None and row.reply_count == 0
+
+
+def test_reply_to_reply_inherits_thread_root_within_one_batch(store):
+    general = channel_id(store, "general")
+    root = post(store, general)
+    (child,) = store.post_messages([new_post(general, parent=root.id)])
+    (grandchild,) = store.post_messages([new_post(general, parent=child.id)])
+    assert grandchild.thread_root_id == root.id
+
+    first, second = store.post_messages([new_post(general, content="r")] * 2)
+    assert first.thread_root_id == first.id and second.thread_root_id == second.id
+
+
+def test_post_batch_is_one_transaction(store, db_path):
+    general = channel_id(store, "general")
+    before = store.list_root_messages(general, None, 100, None, None)
+    broken = NewPost(general, None, None, None, "alice", None)
+    with pytest.raises(StorageError):
+        store.post_messages([new_post(general, content="a"), new_post(general, content="b"), broken])
+    assert store.list_root_messages(general, None, 100, None, None) == before
+    assert sql(db_path, "SELECT COUNT(*) FROM Message") == [(0,)]
+
+
+def test_writes_are_visible_to_the_reader_at_once(store):
+    general = channel_id(store, "general")
+    assert store.list_root_messages(general, None, 10, None, None) == []
+    row = post(store, general)
+    assert ids(store.list_root_messages(general, None, 10, None, None)) == [row.id]
+    edited = store.edit_message(row.id, "changed")
+    assert store.get_message(row.id) == edited
+    created = store.create_channel("zzz", "#zzz", None, 1, 1, None)
+    assert store.get_channel(created.id) == created
+
+
+def test_writer_thread_and_reader_run_concurrently(store):
+    chat = channel_id(store, "chat")
+    batches = [[new_post(chat, content=f"{b}.{i}") for i in range(20)] for b in range(30)]
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending = [writer.submit(store.post_messages, batch) for batch in batches]
+        seen = 0
+        while not all(f.done() for f in pending):
+            listed = store.list_root_messages(chat, None, 1000, None, None)
+            assert len(listed) >= seen
+            seen = len(listed)
+            time.sleep(0.001)
+        results = [row for f in pending for row in f.result()]
+    assert ids(store.list_root_messages(chat, None, 1000, None, None)) == ids(results)
+
+
+# -- listing -----------------------------------------------------------------------------------
+
+
+def test_list_root_messages_modes(store):
+    general, tech = channel_id(store, "general"), channel_id(store, "tech")
+    roots = [post(store, general, content=f"root {i}") for i in range(6)]
+    post(store, general, parent=roots[0].id)
+    gone = post(store, general)
+    store.soft_delete_message(gone.id)
+    in_sub = post(store, general, subchannel=7)
+    post(store, tech)
+    r = ids(roots)
+
+    def listing(limit, before=None, after=None, sub=None):
+        return ids(store.list_root_messages(general, sub, limit, before, after))
+
+    assert listing(3) == r[3:]
+    assert listing(100) == r
+    assert listing(2, before=r[4]) == r[2:4]
+    assert listing(10, before=r[2]) == r[:2]
+    assert listing(2, after=r[1]) == r[2:4]
+    assert listing(10, after=r[3]) == r[4:]
+    assert listing(2, before=r[3], after=r[4]) == r[1:3]
+    assert listing(10, sub=7) == [in_sub.id]
+    assert listing(10, sub=8) == []
+    assert listing(0) == []
+    assert store.list_root_messages(9999, None, 10, None, None) == []
+
+
+def test_list_root_messages_caps_the_limit(store):
+    chat = channel_id(store, "chat")
+    rows = store.post_messages([new_post(chat, content=str(i)) for i in range(1005)])
+    listed = store.list_root_messages(chat, None, 5000, None, None)
+    assert ids(listed) == ids(rows[5:])
+
+
+def build_thread(store, channel):
+    """root; a(a1(a1x), a2); b(b1); c -- posted so that id order differs from DFS order."""
+    root = post(store, channel)
+    by_name = {}
+    layout = [("a", None), ("b", None), ("a1", "a"), ("c", None), ("b1", "b"), ("a2", "a"), ("a1x", "a1")]
+    for name, parent in layout:
+        parent_id = by_name[parent].id if parent else root.id
+        by_name[name] = post(store, channel, parent=parent_id, content=name)
+    return root, by_name
+
+
+def test_list_thread_depth_first_with_filters(store):
+    root, m = build_thread(store, channel_id(store, "general"))
+
+    def names(rows):
+        return [r.content for r in rows]
+
+    assert names(store.list_thread(root.id, 0, None, None)) == ["a", "a1", "a1x", "a2", "b", "b1", "c"]
+    assert names(store.list_thread(root.id, 3, None, None)) == ["a", "a1", "a1x"]
+    assert names(store.list_thread(root.id, 0, m["a2"].id, None)) == ["a", "a1", "b", "b1", "c"]
+    assert names(store.list_thread(root.id, 0, None, m["a1"].id)) == ["a1x", "a2", "b1", "c"]
+    assert names(store.list_thread(root.id, 2, m["a1x"].id, m["a1"].id)) == ["a2", "b1"]
+    assert names(store.list_thread(m["a"].id, 0, None, None)) == ["a1", "a1x", "a2"]
+    assert store.list_thread(m["c"].id, 0, None, None) == []
+    assert store.list_thread(123456, 0, None, None) == []
+    assert all(r.reply_count == 0 and r.thread_root_id == root.id for r in store.list_thread(root.id, 0, None, None))
+
+
+def test_list_thread_hides_deleted_reply_but_not_its_answers(store):
+    root, m = build_thread(store, channel_id(store, "general"))
+    store.soft_delete_message(m["a1"].id)
+    listed = store.list_thread(root.id, 0, None, None)
+    assert [r.content for r in listed] == ["a", "a1x", "a2", "b", "b1", "c"]
+
+
+def test_reply_count_is_direct_not_deleted_and_roots_only(store):
+    general = channel_id(store, "general")
+    root, m = build_thread(store, general)
+    assert store.get_message(root.id).reply_count == 3
+    assert store.get_message(m["a"].id).reply_count == 0
+    store.soft_delete_message(m["c"].id)
+    store.soft_delete_message(m["a1"].id)
+    assert store.get_message(root.id).reply_count == 2
+    assert store.list_root_messages(general, None, 10, None, None)[0].reply_count == 2
+
+
+# -- edit and delete ---------------------------------------------------------------------------
+
+
+def test_edit_message(store):
+    general = channel_id(store, "general")
+    row = post(store, general, content="before")
+    post(store, general, parent=row.id)
+    edited = store.edit_message(row.id, "after")
+    assert edited.content == "after"
+    assert edited.edited_at is not None and edited.edited_at >= row.created_at
+    assert edited.reply_count == 1
+    assert edited == store.get_message(row.id)
+    assert store.edit_message(123456, "x") is None
+    store.soft_delete_message(row.id)
+    assert store.edit_message(row.id, "x") is None
+
+
+def test_soft_delete_returns_the_row_as_it_was(store):
+    row = post(store, channel_id(store, "general"), content="secret")
+    deleted = store.soft_delete_message(row.id)
+    assert deleted.content == "secret"
+    assert deleted.deleted_at is not None and deleted.deleted_at >= row.created_at
+    stored = store.get_message(row.id)
+    assert stored.content == ""
+    assert stored.deleted_at == deleted.deleted_at
+    assert store.soft_delete_message(row.id) is None
+    assert store.soft_delete_message(123456) is None
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+def test_retention_deletes_old_threads_whole_and_keeps_young_ones(store, db_path):
+    chat, general = channel_id(store, "chat"), channel_id(store, "general")
+    old_root, m = build_thread(store, chat)
+    forum_root = post(store, general)
+    forum_reply = post(store, general, parent=forum_root.id)
+    wait_next_ms(max(r.created_at for r in [old_root, *m.values(), forum_reply]))
+    young_root = post(store, chat)
+    young_reply = post(store, chat, parent=young_root.id)
+
+    now = old_root.created_at + 24 * HOUR_MS + 1
+    assert young_root.created_at >= now - 24 * HOUR_MS
+    assert store.delete_expired_messages(now) == 8
+    assert store.get_message(old_root.id) is None
+    assert all(store.get_message(r.id) is None for r in m.values())
+    for kept in (young_root, young_reply, forum_root, forum_reply):
+        assert store.get_message(kept.id) is not None
+    assert store.delete_expired_messages(now) == 0
+
+    assert store.delete_expired_messages(young_root.created_at + 168 * HOUR_MS + 1) == 4
+    assert sql(db_path, "SELECT COUNT(*) FROM Message") == [(0,)]
+
+
+def test_retention_respects_each_channels_hours(store):
+    short = store.create_channel("short", "#short", None, 1, 1, None)
+    long = store.create_channel("long", "#long", None, 1, 2, None)
+    a = post(store, short.id)
+    b = post(store, long.id)
+    now = max(a.created_at, b.created_at) + HOUR_MS + 1
+    assert store.delete_expired_messages(now) == 1
+    assert store.get_message(a.id) is None and store.get_message(b.id) is not None
+    assert store.delete_expired_messages(now + HOUR_MS) == 1
+
+
+# -- users -------------------------------------------------------------------------------------
+
+
+def test_user_lookups(store, db_path):
+    sql(
+        db_path,
+        "INSERT INTO User (nickname, user_flags, password_hash, created_at, last_seen) "
+        "VALUES ('carol', 1, 'hash', 10, NULL)",
+    )
+    user = store.get_user_by_nickname("carol")
+    assert (user.nickname, user.user_flags, user.password_hash, user.created_at, user.last_seen) == (
+        "carol",
+        1,
+        "hash",
+        10,
+        None,
+    )
+    assert store.get_user(user.id) == user
+    assert store.get_user_by_nickname("Carol") is None
+    assert store.get_user(user.id + 1) is None
+
+
+# -- health, errors, durability ----------------------------------------------------------------
+
+
+def test_health_and_errors_after_close(db_path):
+    s = Store(db_path)
+    assert s.is_healthy()
+    s.close()
+    assert not s.is_healthy()
+    with pytest.raises(StorageError):
+        s.list_channels()
+
+
+DURABILITY_SCRIPT = """
+import os, signal, sys
+from superchat.storage import NewPost, Store
+store = Store(sys.argv[1])
+store.seed_channels([], 168)
+(row,) = store.post_messages([NewPost(1, None, None, None, "dora", "survives")])
+print(row.id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_acknowledged_post_survives_kill_9(db_path):
+    proc = subprocess.run(
+        [sys.executable, "-c", DURABILITY_SCRIPT, str(db_path)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == -9, proc.stderr
+    message_id = int(proc.stdout)
+    s = Store(db_path)
+    try:
+        row = s.get_message(message_id)
+        assert (row.author_nickname, row.content) == ("dora", "survives")
+    finally:
+        s.close()
+
+
+# -- query plans -------------------------------------------------------------------------------
+
+
+def traced(db, action):
+    statements = []
+    db.connection().set_trace_callback(statements.append)
+    try:
+        action()
+    finally:
+        db.connection().set_trace_callback(None)
+    return statements
+
+
+def plan(db_path, statement):
+    return [row[3] for row in sql(db_path, "EXPLAIN QUERY PLAN " + statement)]
+
+
+def test_reads_use_indexes(store, db_path):
+    general = channel_id(store, "general")
+    root, m = build_thread(store, general)
+    reads = [
+        lambda: store.list_root_messages(general, None, 10, None, None),
+        lambda: store.list_root_messages(general, 4, 10, root.id, None),
+        lambda: store.list_root_messages(general, None, 10, None, root.id),
+        lambda: store.get_message(root.id),
+        lambda: store.list_thread(m["a"].id, 0, None, None),
+    ]
+    for read in reads:
+        statements = traced(store._reader, read)
+        assert statements
+        for statement in statements:
+            details = plan(db_path, statement)
+            assert not [d for d in details if d.startswith("SCAN")], (statement, details)
+            assert all(d.startswith(("SEARCH", "CORRELATED SCALAR SUBQUERY")) for d in details), details
+
+    (listing,) = traced(store._reader, reads[0])
+    assert any("idx_message_roots" in d for d in plan(db_path, listing))
+    assert any("COVERING INDEX idx_message_parent" in d for d in plan(db_path, listing))
+
+
+def test_retention_uses_indexes(store, db_path):
+    post(store, channel_id(store, "chat"))
+    statements = [s for s in traced(store._writer, lambda: store.delete_expired_messages(0)) if "DELETE" in s]
+    (delete,) = statements
+    details = plan(db_path, delete)
+    assert not [d for d in details if d.startswith("SCAN")], details
+    assert any("idx_message_root_age" in d for d in details)
+    assert any("idx_message_thread" in d for d in details)
