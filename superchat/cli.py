@@ -27,15 +27,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from .server.app import Server
 
+    # Installed before the listener opens, so a signal never finds the default handler.
+    stopping = Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, stopping.set)
     try:
         server = Server(config)
         server.start()
     except OSError as exc:
         print(f"scd: cannot start: {exc}", file=sys.stderr)
         return 1
-    stopping = Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        gevent.signal_handler(signum, stopping.set)
     stopping.wait()
     server.stop()
     return 0

@@ -235,7 +235,7 @@ _KEYS: tuple[_Key, ...] = (
     _Key("limits", "max_connections_per_ip", INT, 10, "Concurrent connections allowed from one IP.", 1, 255),
     _Key("limits", "message_rate_limit", INT, 10, "Messages per minute per session.", 1, _U16),
     _Key("limits", "max_channel_creates", INT, 5, "Channels one user may create per hour.", 1, _U16),
-    _Key("limits", "max_message_length", INT, 4096, "Longest message body, in bytes.", 1, 1048576),
+    _Key("limits", "max_message_length", INT, 4096, "Longest message body, in bytes.", 1, _U16),
     _Key("limits", "max_nickname_length", INT, 20, "Longest nickname, in bytes.", 3, 20),
     _Key("limits", "session_timeout_seconds", INT, 120, "Idle seconds before a session is dropped.", 1),
     _Key("limits", "max_thread_subscriptions", INT, 50, "Thread subscriptions per session.", 1, _U16),

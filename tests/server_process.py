@@ -18,6 +18,13 @@ SCD = REPO / "bin" / "scd"
 STARTED = re.compile(r"Server started on port (\d+)")
 
 
+def isolated_env(root: Path) -> dict:
+    """The environment with HOME and the data directory under ``root`` and no SUPERCHAT_ overrides."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERCHAT_")}
+    env.update(HOME=str(root), XDG_DATA_HOME=str(root / "data"), PYTHONUNBUFFERED="1")
+    return env
+
+
 class ServerProcess:
     """One scd instance with its own HOME, data directory and config file under ``root``."""
 
@@ -26,6 +33,7 @@ class ServerProcess:
         self.data_dir = root / "data" / "superchat"
         self.config_path = root / "config.toml"
         self.args = args
+        self.env_overrides: dict[str, str] = {}
         root.mkdir(parents=True, exist_ok=True)
         self.write_config(settings or {})
         self.proc: subprocess.Popen | None = None
@@ -40,9 +48,7 @@ class ServerProcess:
 
     @property
     def env(self) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SUPERCHAT_")}
-        env.update(HOME=str(self.root), XDG_DATA_HOME=str(self.root / "data"), PYTHONUNBUFFERED="1")
-        return env
+        return {**isolated_env(self.root), **self.env_overrides}
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.output = []

@@ -159,7 +159,7 @@ admin_users = ["alice", "bob"]
 max_connections_per_ip = 50
 message_rate_limit = 30
 max_channel_creates = 2
-max_message_length = 1048576
+max_message_length = 65535
 max_nickname_length = 3
 session_timeout_seconds = 5
 max_thread_subscriptions = 7
@@ -194,7 +194,7 @@ def test_file_values(home, cfg_file):
     assert c.max_connections_per_ip == 50
     assert c.message_rate_limit == 30
     assert c.max_channel_creates == 2
-    assert c.max_message_length == 1048576
+    assert c.max_message_length == 65535
     assert c.max_nickname_length == 3
     assert c.session_timeout_seconds == 5
     assert c.max_thread_subscriptions == 7
@@ -420,8 +420,8 @@ def test_help_prints_and_returns_none(home, capsys):
         ("[server]\nhttp_port = -1\n", "server.http_port: must be between 0 and 65535"),
         ("[limits]\nmax_nickname_length = 21\n", "limits.max_nickname_length: must be between 3 and 20"),
         ("[limits]\nmax_nickname_length = 2\n", "limits.max_nickname_length: must be between 3 and 20"),
-        ("[limits]\nmax_message_length = 0\n", "limits.max_message_length: must be between 1 and 1048576"),
-        ("[limits]\nmax_message_length = 1048577\n", "limits.max_message_length"),
+        ("[limits]\nmax_message_length = 0\n", "limits.max_message_length: must be between 1 and 65535"),
+        ("[limits]\nmax_message_length = 65536\n", "limits.max_message_length"),
         ("[limits]\nmessage_rate_limit = 0\n", "limits.message_rate_limit: must be between 1 and 65535"),
         ("[limits]\nsession_timeout_seconds = 0\n", "session_timeout_seconds: must be at least 1, got 0"),
         ("[limits]\nmax_connections_per_ip = 256\n", "limits.max_connections_per_ip"),
