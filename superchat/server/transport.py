@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 
-from ..protocol import FrameDecoder, FrameError, encode_message, messages
+from ..protocol import PROTOCOL_VERSION, FrameDecoder, FrameError, encode_message, messages
 from ..protocol.errors import ErrorCode
 from .context import ServerContext
 from .dispatch import dispatch
@@ -18,7 +18,8 @@ log = logging.getLogger("superchat.transport")
 RECV_BYTES = 64 * 1024
 # How long a refused or broken client gets to receive its final ERROR frame.
 FAREWELL_SECONDS = 2.0
-PROTOCOL_VERSION = 1
+# Advertised in SERVER_CONFIG as the reference server does; this server deletes no inactive accounts.
+INACTIVE_CLEANUP_DAYS = 90
 
 
 def server_config_frame(ctx: ServerContext) -> bytes:
@@ -27,7 +28,7 @@ def server_config_frame(ctx: ServerContext) -> bytes:
         protocol_version=PROTOCOL_VERSION,
         max_message_rate=min(config.message_rate_limit, 0xFFFF),
         max_channel_creates=min(config.max_channel_creates, 0xFFFF),
-        inactive_cleanup_days=90,
+        inactive_cleanup_days=INACTIVE_CLEANUP_DAYS,
         max_connections_per_ip=min(config.max_connections_per_ip, 0xFF),
         max_message_length=config.max_message_length,
         max_thread_subscriptions=min(config.max_thread_subscriptions, 0xFFFF),
