@@ -163,3 +163,9 @@ def test_environment_overrides_reach_the_wire(tmp_path):
             assert client.expect(m.ServerConfig).max_message_rate == 77
     finally:
         server.kill()
+
+
+def test_disable_directory_flag_reaches_the_wire(start_server):
+    server = start_server(args=("--disable-directory",))
+    with Client(server.port) as client:
+        assert client.expect(m.ServerConfig).directory_enabled is False
