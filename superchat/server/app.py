@@ -47,6 +47,8 @@ class Server:
         return self._listener.server_port
 
     def start(self) -> None:
+        # Expired messages are gone before the first client can list them.
+        self.delete_expired_messages()
         self._listener.start()
         log.info("Server started on port %d", self.port)
         log.info("Database: %s", self.config.database_path)
@@ -55,8 +57,8 @@ class Server:
     def _retention_loop(self) -> None:
         interval = self.config.cleanup_interval_minutes * 60
         while True:
-            self.delete_expired_messages()
             gevent.sleep(interval)
+            self.delete_expired_messages()
 
     def delete_expired_messages(self) -> None:
         ctx = self.ctx
