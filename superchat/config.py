@@ -71,6 +71,12 @@ class Config:
     server_name: str
     server_description: str
     max_users: int
+    # [observability]
+    metrics_port: int
+    metrics_bind: str
+    pprof_port: int
+    pprof_bind: str
+    log_format: str
     # run-time
     config_path: Path
     data_dir: Path
@@ -124,6 +130,16 @@ def _parse_bool(text: str) -> bool:
 def _check_str(value: Any) -> str:
     if not isinstance(value, str):
         raise _Invalid(f"expected a string, got {_show(value)}")
+    return value
+
+
+LOG_FORMATS = ("text", "json")
+
+
+def _check_log_format(value: Any) -> str:
+    value = _check_str(value)
+    if value not in LOG_FORMATS:
+        raise _Invalid(f"expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
     return value
 
 
@@ -181,6 +197,7 @@ class _Kind:
 INT = _Kind(_check_int, _parse_int)
 BOOL = _Kind(_check_bool, _parse_bool)
 STR = _Kind(_check_str, lambda text: text)
+LOG_FORMAT = _Kind(_check_log_format, _check_log_format)
 NAMES = _Kind(_check_names, _parse_names)
 CHANNELS = _Kind(_check_channels, _no_text)
 
@@ -251,6 +268,12 @@ _KEYS: tuple[_Key, ...] = (
     _Key("discovery", "server_name", STR, "SuperChat Server", "Name shown in server lists."),
     _Key("discovery", "server_description", STR, "A SuperChat community server", "Server list description."),
     _Key("discovery", "max_users", INT, 0, "Capacity shown in server lists (0 = unlimited).", 0, 2**32 - 1),
+    # Metrics and profiling expose internals: they listen on loopback unless told otherwise.
+    _Key("observability", "metrics_port", INT, 9090, "Port of /metrics and /health (0 = any free port).", 0, _U16),
+    _Key("observability", "metrics_bind", STR, "127.0.0.1", "Address of the metrics server; keep it internal."),
+    _Key("observability", "pprof_port", INT, 6060, "Port of /debug/pprof/ (0 = any free port).", 0, _U16),
+    _Key("observability", "pprof_bind", STR, "127.0.0.1", "Address of the profiling server; keep it internal."),
+    _Key("observability", "log_format", LOG_FORMAT, "text", "Log line format: text or json (one object a line)."),
 )
 _BY_NAME = {key.name: key for key in _KEYS}
 _SECTIONS = {key.section: [k for k in _KEYS if k.section == key.section] for key in _KEYS}
@@ -372,6 +395,11 @@ _VALUE_FLAGS = {
     "bind": "bind_address",
     "server_name": "server_name",
     "server_description": "server_description",
+    "metrics_port": "metrics_port",
+    "metrics_bind": "metrics_bind",
+    "pprof_port": "pprof_port",
+    "pprof_bind": "pprof_bind",
+    "log_format": "log_format",
 }
 
 
@@ -392,6 +420,13 @@ def _parser() -> _Parser:
     p.add_argument("--server-name", metavar="NAME", help="name in server lists (overrides server_name)")
     p.add_argument("--server-description", metavar="TEXT",
                    help="description in server lists (overrides server_description)")
+    p.add_argument("--metrics-port", metavar="PORT", help="port of /metrics and /health (overrides metrics_port)")
+    p.add_argument("--metrics-bind", metavar="ADDR",
+                   help="address of /metrics and /health (overrides metrics_bind; never expose it publicly)")
+    p.add_argument("--pprof-port", metavar="PORT", help="port of /debug/pprof/ (overrides pprof_port)")
+    p.add_argument("--pprof-bind", metavar="ADDR",
+                   help="address of /debug/pprof/ (overrides pprof_bind; never expose it publicly)")
+    p.add_argument("--log-format", metavar="FORMAT", help="text or json (overrides log_format)")
     return p
 
 

@@ -41,7 +41,12 @@ class ServerProcess:
         self.output: list[str] = []
 
     def write_config(self, settings: dict) -> None:
-        document: dict = {"server": {"bind_address": "127.0.0.1", "tcp_port": 0}}
+        # Every listener on loopback and an ephemeral port, so tests never collide.
+        document: dict = {
+            "server": {"bind_address": "127.0.0.1", "tcp_port": 0},
+            "observability": {"metrics_bind": "127.0.0.1", "metrics_port": 0,
+                              "pprof_bind": "127.0.0.1", "pprof_port": 0},
+        }
         for section, values in settings.items():
             document.setdefault(section, {}).update(values)
         self.config_path.write_text(tomli_w.dumps(document))
