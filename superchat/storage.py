@@ -94,6 +94,14 @@ class PostRejected(Enum):
     NO_PARENT = "no_parent"
 
 
+@dataclass(frozen=True)
+class Expired:
+    """What a retention sweep removed: a count of messages, and the threads they formed."""
+
+    messages: int
+    threads: list[tuple[int, int]]  # (channel_id, thread root id)
+
+
 class ChannelExists(Exception):
     pass
 
@@ -289,6 +297,7 @@ class Store:
     def __init__(self, path: os.PathLike | str):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
+        self._path = path
         with _storage_errors():
             # IMMEDIATE: take the write lock when the transaction starts, so a write transaction
             # never fails half-way on a lock upgrade.
@@ -392,12 +401,21 @@ class Store:
         rows = _rows(_User.select(*_USER_COLUMNS).where(_User.id == user_id), self._reader)
         return UserRow(*rows[0]) if rows else None
 
-    def is_healthy(self) -> bool:
+    def database_problem(self, timeout_seconds: float) -> str | None:
+        """What is wrong with the database file, or None: a real query on a fresh connection.
+
+        A fresh connection notices what the long-lived ones may not (a deleted, replaced or
+        corrupted file); the timeout bounds the wait for a lock. Safe to call from any thread.
+        """
         try:
-            _rows(_Channel.select(_Channel.id).limit(1), self._reader)
-        except (peewee.PeeweeException, sqlite3.Error):
-            return False
-        return True
+            probe = sqlite3.connect(f"file:{self._path}?mode=rw", uri=True, timeout=timeout_seconds)
+            try:
+                probe.execute("SELECT COUNT(*) FROM Channel").fetchone()
+            finally:
+                probe.close()
+        except sqlite3.Error as exc:
+            return str(exc)
+        return None
 
     # -- writes: writer thread, writer connection --------------------------------------------
 
@@ -537,17 +555,22 @@ class Store:
         return replace(message, deleted_at=now)
 
     @_storage_errors()
-    def delete_expired_messages(self, now_ms: int) -> int:
+    def delete_expired_messages(self, now_ms: int) -> Expired:
         root = _Message.alias("root")
         retention_ms = _Channel.select(_Channel.retention_hours * _MS_PER_HOUR).where(_Channel.id == root.channel_id)
         # The shortest retention gives a constant bound, so only old roots are read, through the
         # created_at index; the per-channel comparison then refines it.
         oldest_kept = _Channel.select(now_ms - fn.MIN(_Channel.retention_hours) * _MS_PER_HOUR)
-        expired_roots = root.select(root.id).where(
+        expired_roots = root.select(root.channel_id, root.id).where(
             root.parent_id.is_null() & (root.created_at < oldest_kept) & (root.created_at + retention_ms < now_ms)
         )
         with self._writer.atomic():
-            return _Message.delete().where(_Message.thread_root_id.in_(expired_roots)).execute(self._writer)
+            threads = _rows(expired_roots, self._writer)
+            if not threads:
+                return Expired(0, [])
+            root_ids = [root_id for _, root_id in threads]
+            deleted = _Message.delete().where(_Message.thread_root_id.in_(root_ids)).execute(self._writer)
+        return Expired(deleted, threads)
 
     # -- shared by both connections ----------------------------------------------------------
 

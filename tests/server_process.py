@@ -9,6 +9,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import tomli_w
@@ -16,6 +18,8 @@ import tomli_w
 REPO = Path(__file__).resolve().parent.parent
 SCD = REPO / "bin" / "scd"
 STARTED = re.compile(r"Server started on port (\d+)")
+# "Metrics server listening on 127.0.0.1:41234 ...", "Profiling server listening on ..."
+SIDE_LISTENER = re.compile(r"(Metrics|Profiling) server listening on \S+:(\d+)")
 
 
 def isolated_env(root: Path) -> dict:
@@ -38,6 +42,8 @@ class ServerProcess:
         self.write_config(settings or {})
         self.proc: subprocess.Popen | None = None
         self.port = 0
+        self.metrics_port = 0
+        self.pprof_port = 0
         self.output: list[str] = []
 
     def write_config(self, settings: dict) -> None:
@@ -69,6 +75,9 @@ class ServerProcess:
         def pump(stream):
             for line in stream:
                 self.output.append(line.rstrip("\n"))
+                side = SIDE_LISTENER.search(line)
+                if side:
+                    setattr(self, "metrics_port" if side.group(1) == "Metrics" else "pprof_port", int(side.group(2)))
                 match = STARTED.search(line)
                 if match:
                     self.port = int(match.group(1))
@@ -91,6 +100,20 @@ class ServerProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def http_get(self, path: str, port: int | None = None, timeout: float = 10.0) -> tuple[int, dict, bytes]:
+        """GET from the metrics server (or another port of this server); returns status, headers, body."""
+        url = f"http://127.0.0.1:{port or self.metrics_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), error.read()
 
     def log_text(self, name: str = "server.log") -> str:
         return (self.data_dir / name).read_text()

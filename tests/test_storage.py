@@ -412,14 +412,16 @@ def test_retention_deletes_old_threads_whole_and_keeps_young_ones(store, db_path
 
     now = old_root.created_at + 24 * HOUR_MS + 1
     assert young_root.created_at >= now - 24 * HOUR_MS
-    assert store.delete_expired_messages(now) == 8
+    expired = store.delete_expired_messages(now)
+    assert expired.messages == 8 and expired.threads == [(chat, old_root.id)]
     assert store.get_message(old_root.id) is None
     assert all(store.get_message(r.id) is None for r in m.values())
     for kept in (young_root, young_reply, forum_root, forum_reply):
         assert store.get_message(kept.id) is not None
-    assert store.delete_expired_messages(now) == 0
+    assert store.delete_expired_messages(now).messages == 0
 
-    assert store.delete_expired_messages(young_root.created_at + 168 * HOUR_MS + 1) == 4
+    expired = store.delete_expired_messages(young_root.created_at + 168 * HOUR_MS + 1)
+    assert expired.messages == 4 and sorted(expired.threads) == sorted([(chat, young_root.id), (general, forum_root.id)])
     assert sql(db_path, "SELECT COUNT(*) FROM Message") == [(0,)]
 
 
@@ -429,9 +431,9 @@ def test_retention_respects_each_channels_hours(store):
     a = post(store, short.id)
     b = post(store, long.id)
     now = max(a.created_at, b.created_at) + HOUR_MS + 1
-    assert store.delete_expired_messages(now) == 1
+    assert store.delete_expired_messages(now).threads == [(short.id, a.id)]
     assert store.get_message(a.id) is None and store.get_message(b.id) is not None
-    assert store.delete_expired_messages(now + HOUR_MS) == 1
+    assert store.delete_expired_messages(now + HOUR_MS).threads == [(long.id, b.id)]
 
 
 # -- users -------------------------------------------------------------------------------------
@@ -459,11 +461,18 @@ def test_user_lookups(store, db_path):
 # -- health, errors, durability ----------------------------------------------------------------
 
 
-def test_health_and_errors_after_close(db_path):
+def test_database_problems_are_reported_and_errors_raised_after_close(db_path):
     s = Store(db_path)
-    assert s.is_healthy()
+    assert s.database_problem(1.0) is None
+    # The newest pages may live in the WAL; drop it so the damaged main file is what a reader sees.
+    for suffix in ("-wal", "-shm"):
+        Path(str(db_path) + suffix).unlink(missing_ok=True)
+    with open(db_path, "r+b") as damaged:
+        damaged.write(b"this is no longer a database header")
+    assert "not a database" in s.database_problem(1.0)
+    db_path.unlink()
+    assert "unable to open" in s.database_problem(1.0)
     s.close()
-    assert not s.is_healthy()
     with pytest.raises(StorageError):
         s.list_channels()
 
@@ -540,9 +549,11 @@ def test_reads_use_indexes(store, db_path):
 
 def test_retention_uses_indexes(store, db_path):
     post(store, channel_id(store, "chat"))
-    statements = [s for s in traced(store._writer, lambda: store.delete_expired_messages(0)) if "DELETE" in s]
-    (delete,) = statements
-    details = plan(db_path, delete)
-    assert not [d for d in details if d.startswith("SCAN")], details
-    assert any("idx_message_root_age" in d for d in details)
-    assert any("idx_message_thread" in d for d in details)
+    far_future = 10**15
+    statements = traced(store._writer, lambda: store.delete_expired_messages(far_future))
+    (select,) = [s for s in statements if s.lstrip().startswith("SELECT")]
+    (delete,) = [s for s in statements if s.lstrip().startswith("DELETE")]
+    for statement, index in ((select, "idx_message_root_age"), (delete, "idx_message_thread")):
+        details = plan(db_path, statement)
+        assert not [d for d in details if d.startswith("SCAN")], details
+        assert any(index in d for d in details), details

@@ -7,12 +7,16 @@ import time
 
 import gevent
 from gevent.pool import Pool
+from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
 from ..config import Config
-from ..protocol import encode_message, messages
+from ..observability import metrics
+from ..observability.http import Health, metrics_app
+from ..protocol import messages
 from ..storage import Store
 from .context import ServerContext
+from .outbound import broadcast
 from .session import SessionRegistry
 from .transport import ConnectionHandler
 from .writer import Writer
@@ -40,6 +44,10 @@ class Server:
             backlog=ACCEPT_BACKLOG,
             spawn=Pool(),  # tracked, so stop() can wait for every connection to wind down
         )
+        health = Health(lambda: len(self.ctx.sessions), store.database_problem, config.directory_enabled)
+        self._metrics_http = WSGIServer(
+            (config.metrics_bind, config.metrics_port), metrics_app(health), log=None, error_log=log
+        )
         self._background: list[gevent.Greenlet] = []
 
     @property
@@ -49,6 +57,9 @@ class Server:
     def start(self) -> None:
         # Expired messages are gone before the first client can list them.
         self.delete_expired_messages()
+        self._metrics_http.start()
+        log.info("Metrics server listening on %s:%d (/metrics, /health) - INTERNAL ONLY",
+                 self.config.metrics_bind, self._metrics_http.server_port)
         self._listener.start()
         log.info("Server started on port %d", self.port)
         log.info("Database: %s", self.config.database_path)
@@ -67,8 +78,10 @@ class Server:
         except Exception as exc:
             log.error("Retention cleanup failed: database error: %s", exc)
             return
-        if removed:
-            log.info("Cleaned up %d expired messages", removed)
+        if removed.messages:
+            log.info("Cleaned up %d expired messages", removed.messages)
+        ctx.sessions.forget_threads(thread_id for _, thread_id in removed.threads)
+        metrics.threads_expired(removed.threads)
 
     def stop(self) -> None:
         """Stop accepting, tell every client, let in-flight writes finish, close the database."""
@@ -76,9 +89,7 @@ class Server:
         self._listener.close()
         gevent.killall(self._background)
         sessions = list(self.ctx.sessions.by_id.values())
-        farewell = encode_message(messages.Disconnect(reason="Server shutting down"))
-        for session in sessions:
-            session.send(farewell)
+        broadcast(sessions, messages.Disconnect(reason="Server shutting down"))
         deadline = time.monotonic() + SHUTDOWN_DRAIN_SECONDS
         for session in sessions:
             session.drain(max(0.0, deadline - time.monotonic()))
@@ -87,5 +98,6 @@ class Server:
         for session in sessions:
             session.close("server shutting down")
         self._listener.stop(timeout=SHUTDOWN_DRAIN_SECONDS)
+        self._metrics_http.stop(timeout=1)
         self.ctx.store.close()
         log.info("Graceful shutdown complete (%d sessions notified)", len(sessions))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from ..protocol import DecodeError, ErrorCode, Frame, InvalidUTF8, PayloadError, messages
+from ..observability import metrics
+from ..protocol import DecodeError, ErrorCode, Frame, InvalidUTF8, PayloadError, messages, type_name
 from ..storage import StorageError
 from .context import ServerContext
 from .handlers import accounts, channels, connection, posts
@@ -26,6 +27,7 @@ EMPTY_MEANS_DEFAULTS = {messages.LeaveChannel.TYPE, messages.Disconnect.TYPE}
 
 def dispatch(ctx: ServerContext, session: Session, frame: Frame) -> None:
     """Handle one frame. Raises ``connection.ClientDisconnect`` when the client says goodbye."""
+    metrics.frame_received(type_name(frame.type))
     route = ROUTES.get(frame.type)
     if route is None:
         send_error(session, ErrorCode.UNSUPPORTED, "Unsupported message type")

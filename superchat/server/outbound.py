@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from ..observability import metrics
 from ..protocol import encode_message, messages
 from .session import Session
 
 
 def send(session: Session, msg) -> None:
-    session.send(encode_message(msg))
+    send_encoded(session, msg.NAME, encode_message(msg))
+
+
+def send_encoded(session: Session, type_name: str, frame: bytes) -> None:
+    """Queue a frame encoded in advance (e.g. SERVER_CONFIG, built once at start)."""
+    session.send(frame)
+    metrics.frames_sent(type_name)
 
 
 def send_error(session: Session, code: int, text: str) -> None:
@@ -23,4 +30,5 @@ def broadcast(sessions: Iterable[Session], msg) -> int:
     for session in sessions:
         session.send(frame)
         count += 1
+    metrics.frames_sent(msg.NAME, count)
     return count

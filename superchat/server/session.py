@@ -9,6 +9,7 @@ from collections.abc import Iterable
 
 import gevent
 
+from ..observability import metrics
 from .limits import SlidingWindow
 
 log = logging.getLogger("superchat.session")
@@ -152,9 +153,9 @@ class SessionRegistry:
         else:
             self._per_address.pop(host, None)
         for thread_id in session.threads:
-            _discard(self._thread_subscribers, thread_id, session)
+            self._drop_thread_subscriber(thread_id, session)
         for channel_id in session.channels:
-            _discard(self._channel_subscribers, channel_id, session)
+            self._drop_channel_subscriber(channel_id, session)
         if session.joined_channel is not None:
             _discard(self._channel_members, session.joined_channel, session)
         session.threads = set()
@@ -176,31 +177,36 @@ class SessionRegistry:
 
     def subscribe_thread(self, session: Session, thread_id: int) -> None:
         session.threads.add(thread_id)
-        self._thread_subscribers.setdefault(thread_id, set()).add(session)
+        subscribers = self._thread_subscribers.setdefault(thread_id, set())
+        subscribers.add(session)
+        metrics.thread_subscribers(thread_id, len(subscribers))
 
     def unsubscribe_thread(self, session: Session, thread_id: int) -> None:
         session.threads.discard(thread_id)
-        _discard(self._thread_subscribers, thread_id, session)
+        self._drop_thread_subscriber(thread_id, session)
 
     def subscribe_channel(self, session: Session, channel_id: int) -> None:
         session.channels.add(channel_id)
-        self._channel_subscribers.setdefault(channel_id, set()).add(session)
+        subscribers = self._channel_subscribers.setdefault(channel_id, set())
+        subscribers.add(session)
+        metrics.channel_subscribers(channel_id, len(subscribers))
 
     def unsubscribe_channel(self, session: Session, channel_id: int) -> None:
         session.channels.discard(channel_id)
-        _discard(self._channel_subscribers, channel_id, session)
-
-    def forget_channel(self, channel_id: int) -> None:
-        """Drop every index entry of a channel that no longer exists."""
-        for session in self._channel_subscribers.pop(channel_id, ()):
-            session.channels.discard(channel_id)
-        for session in self._channel_members.pop(channel_id, ()):
-            session.joined_channel = None
+        self._drop_channel_subscriber(channel_id, session)
 
     def forget_threads(self, thread_ids: Iterable[int]) -> None:
+        """Drop the subscriptions of threads that no longer exist."""
         for thread_id in thread_ids:
             for session in self._thread_subscribers.pop(thread_id, ()):
                 session.threads.discard(thread_id)
+            metrics.thread_subscribers(thread_id, 0)
+
+    def _drop_thread_subscriber(self, thread_id: int, session: Session) -> None:
+        metrics.thread_subscribers(thread_id, _discard(self._thread_subscribers, thread_id, session))
+
+    def _drop_channel_subscriber(self, channel_id: int, session: Session) -> None:
+        metrics.channel_subscribers(channel_id, _discard(self._channel_subscribers, channel_id, session))
 
     # -- audiences --
 
@@ -215,9 +221,12 @@ class SessionRegistry:
         return self._channel_members.get(channel_id, set()) | self.channel_subscribers(channel_id)
 
 
-def _discard(index: dict[int, set[Session]], key: int, session: Session) -> None:
+def _discard(index: dict[int, set[Session]], key: int, session: Session) -> int:
+    """Remove one member; returns how many remain."""
     members = index.get(key)
-    if members is not None:
-        members.discard(session)
-        if not members:
-            del index[key]
+    if members is None:
+        return 0
+    members.discard(session)
+    if not members:
+        del index[key]
+    return len(members)

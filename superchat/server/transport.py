@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import socket
 
+from ..observability import metrics
 from ..protocol import PROTOCOL_VERSION, FrameDecoder, FrameError, encode_message, messages
 from ..protocol.errors import ErrorCode
 from .context import ServerContext
 from .dispatch import dispatch
 from .handlers.connection import ClientDisconnect
-from .outbound import send_error
+from .outbound import send_encoded, send_error
 from .session import Session
 
 log = logging.getLogger("superchat.transport")
@@ -51,13 +52,15 @@ class ConnectionHandler:
             self._refuse(sock, address)
             return
         session = ctx.sessions.open(address, sock)
+        metrics.session_opened()
         log.info("Connection from %s", session.peer)
-        session.send(self._config_frame)
+        send_encoded(session, messages.ServerConfig.NAME, self._config_frame)
         reason = "server error"
         try:
             reason = self._serve(session, sock)
         finally:
             ctx.sessions.remove(session)
+            metrics.session_closed()
             session.drain(FAREWELL_SECONDS)
             session.close(reason)  # keeps an earlier reason, e.g. an outbound overflow
             sock.close()
@@ -96,10 +99,13 @@ class ConnectionHandler:
         log.warning("Connection from %s refused: too many connections from this address", address[0])
         try:
             sock.settimeout(FAREWELL_SECONDS)
-            sock.sendall(self._config_frame + encode_message(messages.Error(
+            refusal = messages.Error(
                 error_code=ErrorCode.TOO_MANY_CONNECTIONS,
                 message=f"Too many connections from your address (max {self._ctx.config.max_connections_per_ip})",
-            )))
+            )
+            sock.sendall(self._config_frame + encode_message(refusal))
+            metrics.frames_sent(messages.ServerConfig.NAME)
+            metrics.frames_sent(refusal.NAME)
         except OSError:
             pass
         finally:

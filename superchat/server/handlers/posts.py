@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
 
+from ...observability import metrics
 from ...protocol import MAX_FRAME_LENGTH, ErrorCode, messages
 from ...storage import MessageRow, NewPost, PostRejected
 from ..context import ServerContext
@@ -103,11 +105,15 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
     send(session, messages.MessagePosted(success=True, message_id=stored.id, message="Message posted"))
     log.info("%s POST_MESSAGE channel=%d message=%d session=%d", session.nickname, stored.channel_id,
              stored.id, session.id)
+    started = time.perf_counter()
     if stored.parent_id is None:
+        kind, thread_id = "channel", None
         audience = ctx.sessions.channel_subscribers(stored.channel_id)
     else:
+        kind, thread_id = "thread", stored.thread_root_id
         audience = ctx.sessions.thread_subscribers(stored.thread_root_id)
-    broadcast(list(audience), _entries(ctx, [stored], messages.NewMessage)[0])
+    recipients = broadcast(list(audience), _entries(ctx, [stored], messages.NewMessage)[0])
+    metrics.message_broadcast(kind, stored.channel_id, thread_id, recipients, time.perf_counter() - started)
 
 
 def edit_message(ctx: ServerContext, session: Session, msg) -> None:

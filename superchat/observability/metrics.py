@@ -1,0 +1,102 @@
+"""Every Prometheus metric of the server, named here and nowhere else.
+
+Names, labels and buckets follow the operations guide. The server feeds them from a
+few points of truth: a session opened or closed, a frame in, a frame out, a
+broadcast, a subscription changed.
+"""
+
+from __future__ import annotations
+
+import gc
+
+from greenlet import greenlet
+from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics
+
+# The guide's counters have no *_created companions; leaving them would double every series.
+disable_created_metrics()
+
+FANOUT_BUCKETS = (1, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 5000)
+
+ACTIVE_SESSIONS = Gauge("superchat_active_sessions", "Current number of active sessions")
+SESSIONS_CREATED = Counter("superchat_sessions_created", "Total sessions created since server start")
+SESSIONS_DISCONNECTED = Counter("superchat_sessions_disconnected", "Total sessions disconnected")
+MESSAGES_RECEIVED = Counter("superchat_messages_received", "Messages received from clients by type", ["type"])
+MESSAGES_SENT = Counter("superchat_messages_sent", "Messages sent to clients by type", ["type"])
+MESSAGES_BROADCAST = Counter("superchat_messages_broadcast", "Unique messages broadcast (not deliveries)")
+MESSAGES_DELIVERED = Counter(
+    "superchat_messages_delivered", "Message deliveries to clients", ["channel_id", "thread_id"]
+)
+CHANNEL_SUBSCRIBERS = Gauge("superchat_channel_subscribers", "Active subscribers per channel", ["channel_id"])
+THREAD_SUBSCRIBERS = Gauge("superchat_thread_subscribers", "Active subscribers per thread", ["thread_id"])
+BROADCAST_FANOUT = Histogram(
+    "superchat_broadcast_fanout", "Recipients per broadcast message", ["type"], buckets=FANOUT_BUCKETS
+)
+BROADCAST_DURATION = Histogram(
+    "superchat_broadcast_duration_seconds", "Time to broadcast a message to all subscribers", ["type"]
+)
+GREENLETS = Gauge(
+    "superchat_greenlets", "Live greenlets, the counterpart of go_goroutines: a steady rise means a leak"
+)
+GREENLETS.set_function(lambda: sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet)))
+
+
+def session_opened() -> None:
+    SESSIONS_CREATED.inc()
+    ACTIVE_SESSIONS.inc()
+
+
+def session_closed() -> None:
+    SESSIONS_DISCONNECTED.inc()
+    ACTIVE_SESSIONS.dec()
+
+
+def frame_received(type_name: str) -> None:
+    MESSAGES_RECEIVED.labels(type_name).inc()
+
+
+def frames_sent(type_name: str, count: int = 1) -> None:
+    if count:
+        MESSAGES_SENT.labels(type_name).inc(count)
+
+
+def message_broadcast(kind: str, channel_id: int, thread_id: int | None, recipients: int, seconds: float) -> None:
+    """One new message delivered to ``recipients`` sessions; ``kind`` is "channel" or "thread"."""
+    MESSAGES_BROADCAST.inc()
+    if recipients:
+        MESSAGES_DELIVERED.labels(str(channel_id), _thread_label(thread_id)).inc(recipients)
+    BROADCAST_FANOUT.labels(kind).observe(recipients)
+    BROADCAST_DURATION.labels(kind).observe(seconds)
+
+
+def channel_subscribers(channel_id: int, count: int) -> None:
+    _set_or_drop(CHANNEL_SUBSCRIBERS, str(channel_id), count)
+
+
+def thread_subscribers(thread_id: int, count: int) -> None:
+    _set_or_drop(THREAD_SUBSCRIBERS, str(thread_id), count)
+
+
+def threads_expired(threads) -> None:
+    """Drop the delivery series of (channel_id, thread_id) threads that no longer exist."""
+    for channel_id, thread_id in threads:
+        _remove(MESSAGES_DELIVERED, str(channel_id), str(thread_id))
+
+
+def _thread_label(thread_id: int | None) -> str:
+    # Root posts are broadcast to the channel: they carry an empty thread label.
+    return "" if thread_id is None else str(thread_id)
+
+
+def _set_or_drop(gauge: Gauge, label: str, count: int) -> None:
+    # A gauge at zero is removed rather than kept: subscriptions come and go by the thousand.
+    if count:
+        gauge.labels(label).set(count)
+    else:
+        _remove(gauge, label)
+
+
+def _remove(metric, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass
