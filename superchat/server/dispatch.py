@@ -9,7 +9,7 @@ from ..protocol import DecodeError, ErrorCode, Frame, InvalidUTF8, PayloadError,
 from ..storage import StorageError
 from .context import ServerContext
 from .handlers import accounts, channels, connection, posts
-from .outbound import send_error
+from .outbound import Refused, send_error
 from .session import Session
 
 log = logging.getLogger("superchat.dispatch")
@@ -50,6 +50,8 @@ def dispatch(ctx: ServerContext, session: Session, frame: Frame) -> None:
         return
     try:
         handler(ctx, session, msg)
+    except Refused as refusal:
+        send_error(session, refusal.code, refusal.text)
     except connection.ClientDisconnect:
         raise
     except StorageError as exc:

@@ -23,6 +23,15 @@ def send_error(session: Session, code: int, text: str) -> None:
     send(session, messages.Error(error_code=int(code), message=text))
 
 
+class Refused(Exception):
+    """A handler's answer of ERROR ``code``: raised anywhere in a handler, sent by the dispatcher."""
+
+    def __init__(self, code: int, text: str):
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
 def broadcast(sessions: Iterable[Session], msg) -> int:
     """Deliver one message to many sessions; returns how many it was queued for."""
     frame = encode_message(msg)

@@ -7,7 +7,7 @@ import re
 
 from ...protocol import ErrorCode, messages
 from ..context import ServerContext
-from ..outbound import send, send_error
+from ..outbound import Refused, send
 from ..session import Session
 
 log = logging.getLogger("superchat.accounts")
@@ -22,12 +22,7 @@ def set_nickname(ctx: ServerContext, session: Session, msg) -> None:
     nickname = msg.nickname
     longest = min(MAX_NICKNAME_BYTES, ctx.config.max_nickname_length)
     if not MIN_NICKNAME_BYTES <= len(nickname.encode()) <= longest:
-        send_error(
-            session,
-            ErrorCode.INVALID_FORMAT,
-            f"Nickname must be {MIN_NICKNAME_BYTES}-{longest} characters",
-        )
-        return
+        raise Refused(ErrorCode.INVALID_FORMAT, f"Nickname must be {MIN_NICKNAME_BYTES}-{longest} characters")
     if not NICKNAME_CHARACTERS.fullmatch(nickname):
         send(session, messages.NicknameResponse(
             success=False,

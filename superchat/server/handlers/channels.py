@@ -8,7 +8,7 @@ from ...protocol import ErrorCode, messages
 from ...storage import ChannelExists
 from ..context import ServerContext
 from ..limits import SlidingWindow
-from ..outbound import broadcast, send, send_error
+from ..outbound import Refused, broadcast, send
 from ..session import Session
 
 log = logging.getLogger("superchat.channels")
@@ -78,12 +78,10 @@ def create_channel(ctx: ServerContext, session: Session, msg) -> None:
     if session.create_window is None:
         session.create_window = SlidingWindow(ctx.config.max_channel_creates, CHANNEL_CREATE_WINDOW_SECONDS)
     if not session.create_window.allow():
-        send_error(
-            session,
-            ErrorCode.CHANNEL_CREATE_RATE_LIMITED,
-            f"Channel creation rate limit exceeded (max {ctx.config.max_channel_creates} per hour)",
+        limit = ctx.config.max_channel_creates
+        raise Refused(
+            ErrorCode.CHANNEL_CREATE_RATE_LIMITED, f"Channel creation rate limit exceeded (max {limit} per hour)"
         )
-        return
     try:
         channel = ctx.writer.run(
             ctx.store.create_channel,
@@ -128,16 +126,9 @@ def _channel_problem(msg) -> str:
 def subscribe_thread(ctx: ServerContext, session: Session, msg) -> None:
     thread = ctx.store.get_message(msg.thread_id)
     if thread is None or thread.deleted_at is not None:
-        send_error(session, ErrorCode.THREAD_NOT_FOUND, "Thread does not exist")
-        return
-    limit = ctx.config.max_thread_subscriptions
-    if msg.thread_id not in session.threads and len(session.threads) >= limit:
-        send_error(
-            session,
-            ErrorCode.THREAD_SUBSCRIPTION_LIMIT,
-            f"Thread subscription limit exceeded (max {limit} per session)",
-        )
-        return
+        raise Refused(ErrorCode.THREAD_NOT_FOUND, "Thread does not exist")
+    _check_room(session.threads, msg.thread_id, ctx.config.max_thread_subscriptions,
+                ErrorCode.THREAD_SUBSCRIPTION_LIMIT, "Thread")
     ctx.sessions.subscribe_thread(session, msg.thread_id)
     send(session, messages.SubscribeOk(
         type=THREAD_SUBSCRIPTION, id=msg.thread_id, subchannel_id=thread.subchannel_id
@@ -151,21 +142,19 @@ def unsubscribe_thread(ctx: ServerContext, session: Session, msg) -> None:
 
 def subscribe_channel(ctx: ServerContext, session: Session, msg) -> None:
     if ctx.store.get_channel(msg.channel_id) is None:
-        send_error(session, ErrorCode.CHANNEL_NOT_FOUND, "Channel does not exist")
-        return
+        raise Refused(ErrorCode.CHANNEL_NOT_FOUND, "Channel does not exist")
     if msg.subchannel_id is not None:
-        send_error(session, ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
-        return
-    limit = ctx.config.max_channel_subscriptions
-    if msg.channel_id not in session.channels and len(session.channels) >= limit:
-        send_error(
-            session,
-            ErrorCode.CHANNEL_SUBSCRIPTION_LIMIT,
-            f"Channel subscription limit exceeded (max {limit} per session)",
-        )
-        return
+        raise Refused(ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
+    _check_room(session.channels, msg.channel_id, ctx.config.max_channel_subscriptions,
+                ErrorCode.CHANNEL_SUBSCRIPTION_LIMIT, "Channel")
     ctx.sessions.subscribe_channel(session, msg.channel_id)
     send(session, messages.SubscribeOk(type=CHANNEL_SUBSCRIPTION, id=msg.channel_id))
+
+
+def _check_room(subscribed: set[int], wanted: int, limit: int, code: ErrorCode, kind: str) -> None:
+    """Refuse a new subscription past the per-session limit; renewing one is always fine."""
+    if wanted not in subscribed and len(subscribed) >= limit:
+        raise Refused(code, f"{kind} subscription limit exceeded (max {limit} per session)")
 
 
 def unsubscribe_channel(ctx: ServerContext, session: Session, msg) -> None:

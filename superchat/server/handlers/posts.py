@@ -10,7 +10,7 @@ from ...protocol import MAX_FRAME_LENGTH, ErrorCode, messages
 from ...storage import MessageRow, NewPost, PostRejected
 from ..context import ServerContext
 from ..limits import SlidingWindow
-from ..outbound import broadcast, send, send_error
+from ..outbound import Refused, broadcast, send
 from ..session import Session
 
 log = logging.getLogger("superchat.posts")
@@ -56,37 +56,23 @@ def _fit_in_frame(entries: list) -> list:
 
 def post_message(ctx: ServerContext, session: Session, msg) -> None:
     if not session.nickname:
-        send_error(session, ErrorCode.AUTH_REQUIRED, "Nickname required. Use SET_NICKNAME first.")
-        return
-    if not msg.content:
-        send_error(session, ErrorCode.INVALID_FORMAT, "Message content cannot be empty")
-        return
-    max_length = ctx.config.max_message_length
-    if len(msg.content.encode()) > max_length:
-        send_error(session, ErrorCode.MESSAGE_TOO_LONG, f"Message too long (max {max_length} bytes)")
-        return
+        raise Refused(ErrorCode.AUTH_REQUIRED, "Nickname required. Use SET_NICKNAME first.")
+    _check_content(ctx, msg.content)
     if msg.subchannel_id is not None:
-        send_error(session, ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
-        return
+        raise Refused(ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
     channel = ctx.store.get_channel(msg.channel_id)
     if channel is None:
         # The reference server answers an unknown channel with a database error code.
-        send_error(session, ErrorCode.DATABASE_ERROR, "Channel not found")
-        return
+        raise Refused(ErrorCode.DATABASE_ERROR, "Channel not found")
     if channel.channel_type == CHAT_CHANNEL and msg.parent_id is not None:
-        send_error(session, ErrorCode.INVALID_INPUT, "Chat channels do not support threaded replies")
-        return
+        raise Refused(ErrorCode.INVALID_INPUT, "Chat channels do not support threaded replies")
     # The reference server advertises message_rate_limit without enforcing it; we enforce it.
     if session.post_window is None:
         session.post_window = SlidingWindow(ctx.config.message_rate_limit, RATE_WINDOW_SECONDS)
     if not session.post_window.allow():
         log.warning("Session %d (%s): message rate limit exceeded", session.id, session.nickname)
-        send_error(
-            session,
-            ErrorCode.MESSAGE_RATE_LIMITED,
-            f"Message rate limit exceeded (max {ctx.config.message_rate_limit} per minute)",
-        )
-        return
+        limit = ctx.config.message_rate_limit
+        raise Refused(ErrorCode.MESSAGE_RATE_LIMITED, f"Message rate limit exceeded (max {limit} per minute)")
 
     stored = ctx.writer.post(NewPost(
         channel_id=msg.channel_id,
@@ -98,8 +84,7 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
     ))
     if isinstance(stored, PostRejected):
         text = "Channel not found" if stored is PostRejected.NO_CHANNEL else "Parent message not found"
-        send_error(session, ErrorCode.DATABASE_ERROR, text)
-        return
+        raise Refused(ErrorCode.DATABASE_ERROR, text)
 
     # Sent only now: the post is committed, so a crash from here on cannot lose it.
     send(session, messages.MessagePosted(success=True, message_id=stored.id, message="Message posted"))
@@ -118,32 +103,20 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
 
 def edit_message(ctx: ServerContext, session: Session, msg) -> None:
     if session.user_id is None:
-        send_error(session, ErrorCode.AUTH_REQUIRED, "Authentication required. Register to edit messages.")
-        return
-    if not msg.new_content:
-        send_error(session, ErrorCode.INVALID_FORMAT, "Message content cannot be empty")
-        return
-    max_length = ctx.config.max_message_length
-    if len(msg.new_content.encode()) > max_length:
-        send_error(session, ErrorCode.MESSAGE_TOO_LONG, f"Message too long (max {max_length} bytes)")
-        return
+        raise Refused(ErrorCode.AUTH_REQUIRED, "Authentication required. Register to edit messages.")
+    _check_content(ctx, msg.new_content)
     row = ctx.store.get_message(msg.message_id)
     if row is None:
-        send_error(session, ErrorCode.MESSAGE_NOT_FOUND, "Message not found")
-        return
+        raise Refused(ErrorCode.MESSAGE_NOT_FOUND, "Message not found")
     if row.author_user_id is None:
-        send_error(session, ErrorCode.PERMISSION_DENIED, "Cannot edit anonymous messages")
-        return
+        raise Refused(ErrorCode.PERMISSION_DENIED, "Cannot edit anonymous messages")
     if row.author_user_id != session.user_id and not _is_admin(session):
-        send_error(session, ErrorCode.PERMISSION_DENIED, "You can only edit your own messages")
-        return
+        raise Refused(ErrorCode.PERMISSION_DENIED, "You can only edit your own messages")
     if row.deleted_at is not None:
-        send_error(session, ErrorCode.INVALID_INPUT, "Cannot edit deleted message")
-        return
+        raise Refused(ErrorCode.INVALID_INPUT, "Cannot edit deleted message")
     edited = ctx.writer.run(ctx.store.edit_message, msg.message_id, msg.new_content)
     if edited is None:  # deleted between the check and the write
-        send_error(session, ErrorCode.INVALID_INPUT, "Cannot edit deleted message")
-        return
+        raise Refused(ErrorCode.INVALID_INPUT, "Cannot edit deleted message")
     log.info("Session %d (%s) edited message %d", session.id, session.nickname, edited.id)
     notice = messages.MessageEdited(
         success=True, message_id=edited.id, edited_at=edited.edited_at, new_content=edited.content, message=""
@@ -153,30 +126,33 @@ def edit_message(ctx: ServerContext, session: Session, msg) -> None:
 
 def delete_message(ctx: ServerContext, session: Session, msg) -> None:
     if not session.nickname:
-        send_error(session, ErrorCode.NICKNAME_REQUIRED, "Nickname required. Use SET_NICKNAME first.")
-        return
+        raise Refused(ErrorCode.NICKNAME_REQUIRED, "Nickname required. Use SET_NICKNAME first.")
     row = ctx.store.get_message(msg.message_id)
     # Unknown and already-deleted messages get the reference server's database error code.
     if row is None:
-        send_error(session, ErrorCode.DATABASE_ERROR, "Message not found")
-        return
+        raise Refused(ErrorCode.DATABASE_ERROR, "Message not found")
     if row.deleted_at is not None:
-        send_error(session, ErrorCode.DATABASE_ERROR, "Message already deleted")
-        return
+        raise Refused(ErrorCode.DATABASE_ERROR, "Message already deleted")
     # The reference server's in-memory store lets anyone delete anything; the documented
     # rule, enforced here, is that only the author or an admin may.
     if not (_is_author(session, row) or _is_admin(session)):
-        send_error(session, ErrorCode.PERMISSION_DENIED, "You can only delete your own messages")
-        return
+        raise Refused(ErrorCode.PERMISSION_DENIED, "You can only delete your own messages")
     deleted = ctx.writer.run(ctx.store.soft_delete_message, msg.message_id)
     if deleted is None:
-        send_error(session, ErrorCode.DATABASE_ERROR, "Message already deleted")
-        return
+        raise Refused(ErrorCode.DATABASE_ERROR, "Message already deleted")
     log.info("Session %d (%s) deleted message %d", session.id, session.nickname, deleted.id)
     notice = messages.MessageDeleted(
         success=True, message_id=deleted.id, deleted_at=deleted.deleted_at, message=deleted.content
     )
     broadcast(ctx.sessions.channel_audience(deleted.channel_id) | {session}, notice)
+
+
+def _check_content(ctx: ServerContext, content: str) -> None:
+    if not content:
+        raise Refused(ErrorCode.INVALID_FORMAT, "Message content cannot be empty")
+    max_length = ctx.config.max_message_length
+    if len(content.encode()) > max_length:
+        raise Refused(ErrorCode.MESSAGE_TOO_LONG, f"Message too long (max {max_length} bytes)")
 
 
 def _is_author(session: Session, row: MessageRow) -> bool:
