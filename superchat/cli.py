@@ -1,4 +1,4 @@
-"""``scd``: parse configuration, run the server until SIGTERM or SIGINT."""
+"""``scd``: parse configuration, run the server until SIGTERM or SIGINT; SIGHUP reopens the log files."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import sys
 import gevent
 from gevent.event import Event
 
-from . import logs
 from .config import ConfigError, load_config
+from .observability import logs
 
 EXIT_USAGE = 2
 
@@ -23,7 +23,13 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if config is None:  # --version or --help answered
         return 0
-    logs.configure(config.data_dir, config.debug)
+    try:
+        logs.configure(config.data_dir, config.debug, config.log_format)
+    except OSError as exc:
+        print(f"scd: cannot open log files: {exc}", file=sys.stderr)
+        return 1
+    # logrotate's postrotate (systemctl reload) sends SIGHUP, whose default action would kill the server.
+    gevent.signal_handler(signal.SIGHUP, logs.reopen)
 
     from .server.app import Server
 

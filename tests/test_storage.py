@@ -421,7 +421,8 @@ def test_retention_deletes_old_threads_whole_and_keeps_young_ones(store, db_path
     assert store.delete_expired_messages(now).messages == 0
 
     expired = store.delete_expired_messages(young_root.created_at + 168 * HOUR_MS + 1)
-    assert expired.messages == 4 and sorted(expired.threads) == sorted([(chat, young_root.id), (general, forum_root.id)])
+    assert expired.messages == 4
+    assert sorted(expired.threads) == sorted([(chat, young_root.id), (general, forum_root.id)])
     assert sql(db_path, "SELECT COUNT(*) FROM Message") == [(0,)]
 
 

@@ -54,9 +54,11 @@ def dispatch(ctx: ServerContext, session: Session, frame: Frame) -> None:
         send_error(session, refusal.code, refusal.text)
     except connection.ClientDisconnect:
         raise
+    # The request is named in lower case: the guide's top-senders recipe greps "POST_MESSAGE"
+    # and reads the sender from the fourth field, so only the post log line may carry that word.
     except StorageError as exc:
-        log.error("Session %d: %s failed: database error: %s", session.id, cls.NAME, exc)
+        log.error("Session %d: %s failed: database error: %s", session.id, cls.NAME.lower(), exc)
         send_error(session, ErrorCode.DATABASE_ERROR, "Database error")
     except Exception:
-        log.exception("Session %d: %s handler failed", session.id, cls.NAME)
+        log.exception("Session %d: %s handler failed", session.id, cls.NAME.lower())
         send_error(session, ErrorCode.INTERNAL_ERROR, "Internal server error")

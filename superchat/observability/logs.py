@@ -1,0 +1,228 @@
+"""Log files and console output, rendered by structlog for stdlib and structlog call sites alike.
+
+server.log  everything the server logs (DEBUG only with --debug), truncated at each start
+errors.log  ERROR and above, appended across restarts; each start writes a marker line
+debug.log   everything including DEBUG, only with --debug, appended
+The console mirrors server.log.
+
+Text lines have the shape the operations guide greps and awks:
+``2025/10/08 14:30:15.123456 [INFO] Connection from 127.0.0.1:5555 session=3``.
+With ``log_format = "json"`` every file and the console carry one JSON object a line instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from structlog.stdlib import ProcessorFormatter
+from structlog.typing import EventDict
+
+from .. import __version__
+
+__all__ = ["DEBUG_LOG", "ERRORS_LOG", "SERVER_LOG", "configure", "get_logger", "reopen"]
+
+SERVER_LOG = "server.log"
+ERRORS_LOG = "errors.log"
+DEBUG_LOG = "debug.log"
+
+log = logging.getLogger("superchat.logs")
+
+# The guide's tags; CRITICAL shares ERROR's so `grep ERROR server.log` finds it too.
+_TAGS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARN", "ERROR": "ERROR", "CRITICAL": "ERROR"}
+
+# A client-supplied string in a message must not be able to start a forged line of its own.
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
+
+_files: list[_LogFile] = []
+
+
+def get_logger(name: str) -> structlog.stdlib.BoundLogger:
+    """A structlog logger whose lines look exactly like those of ``logging.getLogger(name)``.
+
+    ``log.info("Connection from %s", peer, session=3)``: %-style arguments as in the stdlib,
+    keyword arguments become ``key=value`` context.
+    """
+    return structlog.stdlib.get_logger(name)
+
+
+# --- rendering -----------------------------------------------------------------------------
+
+
+def _from_record(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    # Taken from the LogRecord, not the clock, so every file and the console show the same instant.
+    record: logging.LogRecord = event_dict["_record"]
+    event_dict["timestamp"] = datetime.fromtimestamp(record.created).astimezone()
+    event_dict["level"] = record.levelname
+    event_dict["logger"] = record.name
+    return event_dict
+
+
+def _one_line(text: str) -> str:
+    return text.translate(_ESCAPES)
+
+
+def _value(value: Any) -> str:
+    text = str(value)
+    if text and text.isprintable() and not any(c in text for c in ' "='):
+        return text
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _render_text(_: Any, __: str, event_dict: EventDict) -> str:
+    stamp = event_dict.pop("timestamp").strftime("%Y/%m/%d %H:%M:%S.%f")
+    tag = _TAGS.get(event_dict.pop("level"), "INFO")
+    del event_dict["logger"]
+    line = f"{stamp} [{tag}] {_one_line(str(event_dict.pop('event')))}"
+    exception = event_dict.pop("exception", None)
+    for key, value in event_dict.items():
+        line += f" {key}={_value(value)}"
+    return f"{line}\n{exception}" if exception else line
+
+
+def _json_fields(_: Any, __: str, event_dict: EventDict) -> EventDict:
+    return {
+        "timestamp": event_dict.pop("timestamp").isoformat(timespec="microseconds"),
+        "level": event_dict.pop("level").lower(),
+        "logger": event_dict.pop("logger"),
+        "message": event_dict.pop("event"),
+        **event_dict,
+    }
+
+
+def _formatter(log_format: str, cls: type[ProcessorFormatter] = ProcessorFormatter) -> ProcessorFormatter:
+    if log_format == "json":
+        renderer = [_json_fields, structlog.processors.JSONRenderer(ensure_ascii=False)]
+    else:
+        renderer = [_render_text]
+    return cls(
+        # Records from logging.getLogger() call sites: context comes in through ``extra=``.
+        foreign_pre_chain=[structlog.stdlib.ExtraAdder()],
+        processors=[
+            _from_record,
+            ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            *renderer,
+        ],
+    )
+
+
+def _priority(levelno: int) -> int:
+    if levelno >= logging.CRITICAL:
+        return 2
+    if levelno >= logging.ERROR:
+        return 3
+    if levelno >= logging.WARNING:
+        return 4
+    return 6 if levelno >= logging.INFO else 7
+
+
+class _JournalFormatter(ProcessorFormatter):
+    """Prefixes every line with its sd-daemon(3) priority, which journald strips and records,
+    so ``journalctl -p err`` works; traceback lines get it too since journald splits on newlines."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{_priority(record.levelno)}>"
+        return "\n".join(prefix + line for line in super().format(record).split("\n"))
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+class _LogFile(logging.FileHandler):
+    """A log file always written with O_APPEND: after logrotate's copytruncate, writes land at the
+    new end of the file instead of leaving a hole of NUL bytes up to the old offset."""
+
+    def __init__(self, path: Path, level: int, formatter: logging.Formatter, truncate: bool = False):
+        self._truncate = truncate
+        super().__init__(path, encoding="utf-8")
+        self.setLevel(level)
+        self.setFormatter(formatter)
+
+    def _open(self):
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if self._truncate else 0)
+        # Only the start truncates: a reopen after rotation must keep what was written meanwhile.
+        self._truncate = False
+        # 0640 as logrotate's `create 640` makes them: peer addresses and nicknames are not for everyone.
+        return open(os.open(self.baseFilename, flags, 0o640), "a", encoding=self.encoding, errors=self.errors)
+
+    def reopen(self) -> None:
+        self.acquire()
+        try:
+            old, self.stream = self.stream, self._open()
+        finally:
+            self.release()
+        old.close()
+
+
+def _start_marker(log_format: str, formatter: logging.Formatter) -> str:
+    text = f"=== scd {__version__} started, pid {os.getpid()} ==="
+    if log_format == "json":
+        return formatter.format(logging.makeLogRecord({"name": "superchat", "levelname": "INFO",
+                                                       "levelno": logging.INFO, "msg": text}))
+    # An ISO date rather than the YYYY/MM/DD of log lines: `grep "$(date +%Y/%m/%d)" errors.log`
+    # counts today's errors and must not count restarts.
+    started = datetime.now().astimezone().isoformat(timespec="seconds")
+    return f"=== scd {__version__} started {started}, pid {os.getpid()} ==="
+
+
+def configure(data_dir: Path, debug: bool = False, log_format: str = "text") -> None:
+    """Open the log files in ``data_dir`` and route every record to them and to stdout.
+
+    Raises OSError when a log file cannot be opened.
+    """
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    data_dir.mkdir(parents=True, exist_ok=True)
+    level = logging.DEBUG if debug else logging.INFO
+    formatter = _formatter(log_format)
+    errors = _LogFile(data_dir / ERRORS_LOG, logging.ERROR, formatter)
+    errors.stream.write(_start_marker(log_format, formatter) + "\n")
+    errors.flush()
+    files = [_LogFile(data_dir / SERVER_LOG, level, formatter, truncate=True), errors]
+    if debug:
+        files.append(_LogFile(data_dir / DEBUG_LOG, logging.DEBUG, formatter))
+
+    console = logging.StreamHandler(sys.stdout)
+    console.setLevel(level)
+    # systemd sets JOURNAL_STREAM for a service whose stdout goes to the journal.
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
+    console.setFormatter(_formatter(log_format, _JournalFormatter if journal else ProcessorFormatter))
+
+    root = logging.getLogger()
+    for handler in root.handlers[:]:
+        root.removeHandler(handler)
+        handler.close()
+    for handler in (console, *files):
+        root.addHandler(handler)
+    # Other libraries only when something is wrong: peewee's DEBUG query log would swamp debug.log.
+    root.setLevel(logging.WARNING)
+    logging.getLogger("superchat").setLevel(level)
+    _files[:] = files
+
+
+def reopen() -> None:
+    """Reopen every log file by name, appending: after logrotate renamed them, writes go to the new files."""
+    failed = False
+    for handler in _files:
+        try:
+            handler.reopen()
+        except OSError as exc:
+            failed = True
+            log.error("Cannot reopen log file %s: %s", handler.baseFilename, exc.strerror or exc)
+    if not failed:
+        log.info("Log files reopened")
