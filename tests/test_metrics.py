@@ -234,3 +234,29 @@ def test_metrics_listen_where_configured(start_server):
         assert response.status == 200
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/health", timeout=5)
+
+
+def run_healthcheck(server) -> subprocess.CompletedProcess:
+    script = Path(__file__).resolve().parent.parent / "conf" / "healthcheck.sh"
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HEALTHCHECK_HOST": "127.0.0.1",
+           "HEALTHCHECK_TCP_PORT": str(server.port), "HEALTHCHECK_METRICS_PORT": str(server.metrics_port)}
+    return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_the_guides_healthcheck_script_passes_then_fails_on_a_broken_database(server):
+    healthy = run_healthcheck(server)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert healthy.stdout.strip() == "OK: SuperChat server is healthy"
+    database = server.data_dir / "superchat.db"
+    for suffix in ("-wal", "-shm", ""):
+        Path(str(database) + suffix).unlink(missing_ok=True)
+    broken = run_healthcheck(server)
+    assert broken.returncode == 1
+    assert broken.stdout.startswith("ERROR: Server status:"), broken.stdout
+
+
+def test_the_healthcheck_script_fails_when_the_server_is_down(server):
+    server.stop()
+    down = run_healthcheck(server)
+    assert down.returncode == 1
+    assert "not listening" in down.stdout
