@@ -11,6 +11,7 @@ from gevent.event import Event
 
 from .config import ConfigError, load_config
 from .observability import logs
+from .storage import StorageError
 
 EXIT_USAGE = 2
 
@@ -40,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = Server(config)
         server.start()
-    except OSError as exc:
+    except (OSError, StorageError) as exc:
         print(f"scd: cannot start: {exc}", file=sys.stderr)
         return 1
     stopping.wait()

@@ -6,6 +6,7 @@ writer thread against the writer connection. Two peewee databases share the same
 the hub never waits for the writer's fsync; WAL lets the reader see every committed write.
 """
 
+import operator
 import os
 import sqlite3
 import time
@@ -13,10 +14,11 @@ from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import Enum
+from functools import reduce
 from pathlib import Path
 
 import peewee
-from peewee import SQL, Case, fn
+from peewee import EXCLUDED, SQL, Case, fn
 
 _MS_PER_HOUR = 3_600_000
 _MAX_ROOT_PAGE = 1000
@@ -79,6 +81,32 @@ class UserRow:
 
 
 @dataclass(frozen=True)
+class SSHKeyRow:
+    id: int
+    user_id: int
+    fingerprint: str
+    public_key: str
+    key_type: str
+    label: str | None
+    added_at: int
+    last_used_at: int | None
+
+
+@dataclass(frozen=True)
+class BanRow:
+    id: int
+    ban_type: str  # "user" or "ip"
+    user_id: int | None
+    nickname: str | None
+    ip_cidr: str | None
+    reason: str
+    shadowban: bool
+    banned_at: int
+    banned_until: int | None  # None: permanent
+    banned_by: str
+
+
+@dataclass(frozen=True)
 class NewPost:
     channel_id: int
     subchannel_id: int | None
@@ -103,6 +131,14 @@ class Expired:
 
 
 class ChannelExists(Exception):
+    pass
+
+
+class NicknameTaken(Exception):
+    pass
+
+
+class SSHKeyExists(Exception):
     pass
 
 
@@ -153,6 +189,62 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX idx_message_parent ON Message(parent_id, deleted_at) WHERE parent_id IS NOT NULL",
         "CREATE INDEX idx_message_thread ON Message(thread_root_id)",
         "CREATE INDEX idx_message_root_age ON Message(created_at) WHERE parent_id IS NULL",
+    ),
+    (
+        """CREATE TABLE SSHKey (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            user_id INTEGER NOT NULL REFERENCES User(id) ON DELETE CASCADE,
+            fingerprint TEXT NOT NULL UNIQUE,
+            public_key TEXT NOT NULL,
+            key_type TEXT NOT NULL,
+            label TEXT,
+            added_at INTEGER NOT NULL,
+            last_used_at INTEGER
+        )""",
+        "CREATE INDEX idx_ssh_key_user ON SSHKey(user_id)",
+        # SET NULL keeps the bans of a deleted account as history; a recorded nickname still
+        # matches whoever takes that nickname next, as it would have before the deletion.
+        """CREATE TABLE Ban (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            ban_type TEXT NOT NULL CHECK (ban_type IN ('user', 'ip')),
+            user_id INTEGER REFERENCES User(id) ON DELETE SET NULL,
+            nickname TEXT,
+            ip_cidr TEXT,
+            reason TEXT NOT NULL,
+            shadowban INTEGER NOT NULL,
+            banned_at INTEGER NOT NULL,
+            banned_until INTEGER,
+            banned_by TEXT NOT NULL,
+            CHECK ((ban_type = 'ip') = (ip_cidr IS NOT NULL))
+        )""",
+        "CREATE INDEX idx_ban_user ON Ban(user_id)",
+        "CREATE INDEX idx_ban_nickname ON Ban(nickname)",
+        "CREATE INDEX idx_ban_ip ON Ban(ip_cidr)",
+        # No foreign key on admin_user_id: the audit trail outlives the admin's account.
+        """CREATE TABLE AdminAction (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            admin_user_id INTEGER NOT NULL,
+            admin_nickname TEXT NOT NULL,
+            action TEXT NOT NULL,
+            details TEXT NOT NULL,
+            performed_at INTEGER NOT NULL
+        )""",
+        # subchannel_key is 0 for "no subchannel": NULLs never collide in a key, so a NULL
+        # subchannel would defeat the upsert.
+        """CREATE TABLE ReadState (
+            user_id INTEGER NOT NULL REFERENCES User(id) ON DELETE CASCADE,
+            channel_id INTEGER NOT NULL REFERENCES Channel(id) ON DELETE CASCADE,
+            subchannel_key INTEGER NOT NULL,
+            last_read_at INTEGER NOT NULL,
+            PRIMARY KEY (user_id, channel_id, subchannel_key)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX idx_read_state_channel ON ReadState(channel_id)",
+        # The unread counts read only these indexes (deleted_at makes them covering).
+        # idx_message_thread stays: list_thread reads threads in id order through it.
+        "CREATE INDEX idx_message_unread ON Message(channel_id, subchannel_id, created_at, deleted_at)",
+        "CREATE INDEX idx_message_thread_unread ON Message(thread_root_id, created_at, deleted_at)",
+        # Anonymising a deleted account's messages must not read the whole Message table.
+        "CREATE INDEX idx_message_author ON Message(author_user_id) WHERE author_user_id IS NOT NULL",
     ),
 )
 
@@ -206,6 +298,59 @@ class _User(_Model):
         table_name = "User"
 
 
+class _SSHKey(_Model):
+    id = peewee.AutoField()
+    user_id = peewee.IntegerField()
+    fingerprint = peewee.TextField()
+    public_key = peewee.TextField()
+    key_type = peewee.TextField()
+    label = peewee.TextField(null=True)
+    added_at = peewee.IntegerField()
+    last_used_at = peewee.IntegerField(null=True)
+
+    class Meta:
+        table_name = "SSHKey"
+
+
+class _Ban(_Model):
+    id = peewee.AutoField()
+    ban_type = peewee.TextField()
+    user_id = peewee.IntegerField(null=True)
+    nickname = peewee.TextField(null=True)
+    ip_cidr = peewee.TextField(null=True)
+    reason = peewee.TextField()
+    shadowban = peewee.BooleanField()
+    banned_at = peewee.IntegerField()
+    banned_until = peewee.IntegerField(null=True)
+    banned_by = peewee.TextField()
+
+    class Meta:
+        table_name = "Ban"
+
+
+class _AdminAction(_Model):
+    id = peewee.AutoField()
+    admin_user_id = peewee.IntegerField()
+    admin_nickname = peewee.TextField()
+    action = peewee.TextField()
+    details = peewee.TextField()
+    performed_at = peewee.IntegerField()
+
+    class Meta:
+        table_name = "AdminAction"
+
+
+class _ReadState(_Model):
+    user_id = peewee.IntegerField()
+    channel_id = peewee.IntegerField()
+    subchannel_key = peewee.IntegerField()
+    last_read_at = peewee.IntegerField()
+
+    class Meta:
+        table_name = "ReadState"
+        primary_key = peewee.CompositeKey("user_id", "channel_id", "subchannel_key")
+
+
 _CHANNEL_COLUMNS = (
     _Channel.id,
     _Channel.name,
@@ -239,6 +384,30 @@ _USER_COLUMNS = (
 )
 
 
+_SSH_KEY_COLUMNS = (
+    _SSHKey.id,
+    _SSHKey.user_id,
+    _SSHKey.fingerprint,
+    _SSHKey.public_key,
+    _SSHKey.key_type,
+    _SSHKey.label,
+    _SSHKey.added_at,
+    _SSHKey.last_used_at,
+)
+_BAN_COLUMNS = (
+    _Ban.id,
+    _Ban.ban_type,
+    _Ban.user_id,
+    _Ban.nickname,
+    _Ban.ip_cidr,
+    _Ban.reason,
+    _Ban.shadowban,
+    _Ban.banned_at,
+    _Ban.banned_until,
+    _Ban.banned_by,
+)
+
+
 def _reply_count() -> peewee.Select:
     reply = _Message.alias("reply")
     return reply.select(fn.COUNT(SQL("*"))).where((reply.parent_id == _Message.id) & reply.deleted_at.is_null())
@@ -247,6 +416,30 @@ def _reply_count() -> peewee.Select:
 def _select_messages() -> peewee.ModelSelect:
     """Messages of any kind; reply_count is computed for roots only."""
     return _Message.select(*_MESSAGE_COLUMNS, Case(None, [(_Message.parent_id.is_null(), _reply_count())], 0))
+
+
+def _in_subchannel(subchannel_id: int | None) -> peewee.Expression:
+    return _Message.subchannel_id.is_null() if subchannel_id is None else _Message.subchannel_id == subchannel_id
+
+
+def _subchannel_key(subchannel_id: int | None) -> int:
+    return 0 if subchannel_id is None else subchannel_id
+
+
+def _ban_active(now_ms: int) -> peewee.Expression:
+    return _Ban.banned_until.is_null() | (_Ban.banned_until > now_ms)
+
+
+def _user_ban_matches(user_id: int | None, nickname: str | None) -> peewee.Expression | None:
+    """Either identity may be unknown; a ban on any known one matches."""
+    matches = []
+    if user_id is not None:
+        matches.append(_Ban.user_id == user_id)
+    if nickname is not None:
+        matches.append(_Ban.nickname == nickname)
+    if not matches:
+        return None
+    return (_Ban.ban_type == "user") & reduce(operator.or_, matches)
 
 
 def _now_ms() -> int:
@@ -342,14 +535,10 @@ class Store:
         limit = min(limit, _MAX_ROOT_PAGE)
         if limit <= 0:
             return []
-        if subchannel_id is None:
-            in_subchannel = _Message.subchannel_id.is_null()
-        else:
-            in_subchannel = _Message.subchannel_id == subchannel_id
         query = _Message.select(*_MESSAGE_COLUMNS, _reply_count()).where(
             (_Message.channel_id == channel_id)
             & _Message.parent_id.is_null()
-            & in_subchannel
+            & _in_subchannel(subchannel_id)
             & _Message.deleted_at.is_null()
         )
         newest_first = after_id is None or before_id is not None
@@ -398,8 +587,74 @@ class Store:
 
     @_storage_errors()
     def get_user(self, user_id: int) -> UserRow | None:
-        rows = _rows(_User.select(*_USER_COLUMNS).where(_User.id == user_id), self._reader)
-        return UserRow(*rows[0]) if rows else None
+        return self._user(self._reader, user_id)
+
+    @_storage_errors()
+    def list_users(self, limit: int) -> list[UserRow]:
+        if limit <= 0:
+            return []
+        query = _User.select(*_USER_COLUMNS).order_by(_User.nickname).limit(limit)
+        return [UserRow(*row) for row in _rows(query, self._reader)]
+
+    @_storage_errors()
+    def list_ssh_keys(self, user_id: int) -> list[SSHKeyRow]:
+        query = _SSHKey.select(*_SSH_KEY_COLUMNS).where(_SSHKey.user_id == user_id).order_by(_SSHKey.id)
+        return [SSHKeyRow(*row) for row in _rows(query, self._reader)]
+
+    @_storage_errors()
+    def get_ssh_key(self, fingerprint: str) -> SSHKeyRow | None:
+        rows = _rows(_SSHKey.select(*_SSH_KEY_COLUMNS).where(_SSHKey.fingerprint == fingerprint), self._reader)
+        return SSHKeyRow(*rows[0]) if rows else None
+
+    @_storage_errors()
+    def list_bans(self, include_expired: bool, now_ms: int) -> list[BanRow]:
+        query = _Ban.select(*_BAN_COLUMNS).order_by(_Ban.id)
+        if not include_expired:
+            query = query.where(_ban_active(now_ms))
+        return [BanRow(*row) for row in _rows(query, self._reader)]
+
+    @_storage_errors()
+    def active_user_ban(self, user_id: int | None, nickname: str | None, now_ms: int) -> BanRow | None:
+        matches = _user_ban_matches(user_id, nickname)
+        if matches is None:
+            return None
+        query = _Ban.select(*_BAN_COLUMNS).where(matches & _ban_active(now_ms)).order_by(_Ban.id.desc()).limit(1)
+        rows = _rows(query, self._reader)
+        return BanRow(*rows[0]) if rows else None
+
+    @_storage_errors()
+    def active_ip_bans(self, now_ms: int) -> list[BanRow]:
+        query = _Ban.select(*_BAN_COLUMNS).where((_Ban.ban_type == "ip") & _ban_active(now_ms)).order_by(_Ban.id)
+        return [BanRow(*row) for row in _rows(query, self._reader)]
+
+    @_storage_errors()
+    def read_state(self, user_id: int, channel_id: int, subchannel_id: int | None) -> int:
+        query = _ReadState.select(_ReadState.last_read_at).where(
+            (_ReadState.user_id == user_id)
+            & (_ReadState.channel_id == channel_id)
+            & (_ReadState.subchannel_key == _subchannel_key(subchannel_id))
+        )
+        rows = _rows(query, self._reader)
+        return rows[0][0] if rows else 0
+
+    @_storage_errors()
+    def count_unread_in_channel(self, channel_id: int, subchannel_id: int | None, since_ms: int) -> int:
+        """Roots and replies; None counts only the messages outside every subchannel."""
+        query = _Message.select(fn.COUNT(SQL("*"))).where(
+            (_Message.channel_id == channel_id)
+            & _in_subchannel(subchannel_id)
+            & (_Message.created_at > since_ms)
+            & _Message.deleted_at.is_null()
+        )
+        return _rows(query, self._reader)[0][0]
+
+    @_storage_errors()
+    def count_unread_in_thread(self, thread_id: int, since_ms: int) -> int:
+        """The root itself counts, as do replies at any depth."""
+        query = _Message.select(fn.COUNT(SQL("*"))).where(
+            (_Message.thread_root_id == thread_id) & (_Message.created_at > since_ms) & _Message.deleted_at.is_null()
+        )
+        return _rows(query, self._reader)[0][0]
 
     def database_problem(self, timeout_seconds: float) -> str | None:
         """What is wrong with the database file, or None: a real query on a fresh connection.
@@ -572,9 +827,187 @@ class Store:
             deleted = _Message.delete().where(_Message.thread_root_id.in_(root_ids)).execute(self._writer)
         return Expired(deleted, threads)
 
+    @_storage_errors()
+    def delete_channel(self, channel_id: int) -> ChannelRow | None:
+        """The channel's messages and read state go with it, through their foreign keys."""
+        with self._writer.atomic():
+            rows = _rows(_Channel.select(*_CHANNEL_COLUMNS).where(_Channel.id == channel_id), self._writer)
+            if not rows:
+                return None
+            _Channel.delete().where(_Channel.id == channel_id).execute(self._writer)
+        return ChannelRow(*rows[0])
+
+    @_storage_errors()
+    def create_user(self, nickname: str, password_hash: str, user_flags: int) -> UserRow:
+        with self._writer.atomic():
+            self._check_nickname_free(nickname, None)
+            now = _now_ms()
+            user_id = _User.insert(
+                nickname=nickname,
+                user_flags=user_flags,
+                password_hash=password_hash,
+                created_at=now,
+                last_seen=now,
+            ).execute(self._writer)
+        return UserRow(user_id, nickname, user_flags, password_hash, now, now)
+
+    @_storage_errors()
+    def set_password(self, user_id: int, password_hash: str) -> None:
+        """An empty hash leaves the account reachable by SSH key only."""
+        _User.update(password_hash=password_hash).where(_User.id == user_id).execute(self._writer)
+
+    @_storage_errors()
+    def rename_user(self, user_id: int, nickname: str) -> None:
+        with self._writer.atomic():
+            self._check_nickname_free(nickname, user_id)
+            _User.update(nickname=nickname).where(_User.id == user_id).execute(self._writer)
+
+    @_storage_errors()
+    def assign_flag(self, flag: int, nicknames: Sequence[str]) -> None:
+        """Exactly the named users carry ``flag`` afterwards (e.g. admin rights from the configuration)."""
+        named = _User.nickname.in_(list(nicknames))
+        with self._writer.atomic():
+            _User.update(user_flags=_User.user_flags.bin_or(flag)).where(named).execute(self._writer)
+            _User.update(user_flags=_User.user_flags.bin_and(~flag)).where(~named).execute(self._writer)
+
+    @_storage_errors()
+    def touch_user(self, user_id: int, now_ms: int) -> None:
+        _User.update(last_seen=now_ms).where(_User.id == user_id).execute(self._writer)
+
+    @_storage_errors()
+    def delete_user(self, user_id: int) -> UserRow | None:
+        """Keys and read state go through their foreign keys; bans lose the id and stay as history."""
+        with self._writer.atomic():
+            user = self._user(self._writer, user_id)
+            if user is None:
+                return None
+            # author_nickname is left as posted: the messages stay readable, just no longer linked.
+            _Message.update(author_user_id=None).where(_Message.author_user_id == user_id).execute(self._writer)
+            _User.delete().where(_User.id == user_id).execute(self._writer)
+        return user
+
+    def _check_nickname_free(self, nickname: str, owner_id: int | None) -> None:
+        query = _User.select(_User.id).where(_User.nickname == nickname)
+        if owner_id is not None:
+            query = query.where(_User.id != owner_id)
+        if _rows(query, self._writer):
+            raise NicknameTaken(nickname)
+
+    @_storage_errors()
+    def add_ssh_key(
+        self, user_id: int, fingerprint: str, public_key: str, key_type: str, label: str | None
+    ) -> SSHKeyRow:
+        with self._writer.atomic():
+            if _rows(_SSHKey.select(_SSHKey.id).where(_SSHKey.fingerprint == fingerprint), self._writer):
+                raise SSHKeyExists(fingerprint)
+            now = _now_ms()
+            key_id = _SSHKey.insert(
+                user_id=user_id,
+                fingerprint=fingerprint,
+                public_key=public_key,
+                key_type=key_type,
+                label=label,
+                added_at=now,
+            ).execute(self._writer)
+        return SSHKeyRow(key_id, user_id, fingerprint, public_key, key_type, label, now, None)
+
+    @_storage_errors()
+    def relabel_ssh_key(self, user_id: int, key_id: int, label: str | None) -> bool:
+        query = _SSHKey.update(label=label).where((_SSHKey.id == key_id) & (_SSHKey.user_id == user_id))
+        return query.execute(self._writer) > 0
+
+    @_storage_errors()
+    def delete_ssh_key(self, user_id: int, key_id: int) -> bool:
+        query = _SSHKey.delete().where((_SSHKey.id == key_id) & (_SSHKey.user_id == user_id))
+        return query.execute(self._writer) > 0
+
+    @_storage_errors()
+    def touch_ssh_key(self, fingerprint: str, now_ms: int) -> None:
+        _SSHKey.update(last_used_at=now_ms).where(_SSHKey.fingerprint == fingerprint).execute(self._writer)
+
+    @_storage_errors()
+    def add_user_ban(
+        self,
+        user_id: int | None,
+        nickname: str | None,
+        reason: str,
+        shadowban: bool,
+        banned_until: int | None,
+        banned_by: str,
+    ) -> BanRow:
+        return self._add_ban(
+            ban_type="user",
+            user_id=user_id,
+            nickname=nickname,
+            ip_cidr=None,
+            reason=reason,
+            shadowban=shadowban,
+            banned_until=banned_until,
+            banned_by=banned_by,
+        )
+
+    @_storage_errors()
+    def add_ip_ban(self, ip_cidr: str, reason: str, banned_until: int | None, banned_by: str) -> BanRow:
+        return self._add_ban(
+            ban_type="ip",
+            user_id=None,
+            nickname=None,
+            ip_cidr=ip_cidr,
+            reason=reason,
+            shadowban=False,
+            banned_until=banned_until,
+            banned_by=banned_by,
+        )
+
+    def _add_ban(self, **fields) -> BanRow:
+        fields["banned_at"] = _now_ms()
+        ban_id = _Ban.insert(**fields).execute(self._writer)
+        return BanRow(id=ban_id, **fields)
+
+    @_storage_errors()
+    def remove_user_bans(self, user_id: int | None, nickname: str | None, now_ms: int) -> int:
+        """Expired bans stay as history."""
+        matches = _user_ban_matches(user_id, nickname)
+        if matches is None:
+            return 0
+        return _Ban.delete().where(matches & _ban_active(now_ms)).execute(self._writer)
+
+    @_storage_errors()
+    def remove_ip_bans(self, ip_cidr: str, now_ms: int) -> int:
+        """Expired bans stay as history."""
+        query = _Ban.delete().where((_Ban.ban_type == "ip") & (_Ban.ip_cidr == ip_cidr) & _ban_active(now_ms))
+        return query.execute(self._writer)
+
+    @_storage_errors()
+    def log_admin_action(self, admin_user_id: int, admin_nickname: str, action: str, details: str) -> None:
+        _AdminAction.insert(
+            admin_user_id=admin_user_id,
+            admin_nickname=admin_nickname,
+            action=action,
+            details=details,
+            performed_at=_now_ms(),
+        ).execute(self._writer)
+
+    @_storage_errors()
+    def set_read_state(self, user_id: int, channel_id: int, subchannel_id: int | None, timestamp_ms: int) -> None:
+        _ReadState.insert(
+            user_id=user_id,
+            channel_id=channel_id,
+            subchannel_key=_subchannel_key(subchannel_id),
+            last_read_at=timestamp_ms,
+        ).on_conflict(
+            conflict_target=[_ReadState.user_id, _ReadState.channel_id, _ReadState.subchannel_key],
+            update={_ReadState.last_read_at: EXCLUDED.last_read_at},
+        ).execute(self._writer)
+
     # -- shared by both connections ----------------------------------------------------------
 
     @staticmethod
     def _message(db: peewee.Database, message_id: int) -> MessageRow | None:
         rows = _rows(_select_messages().where(_Message.id == message_id), db)
         return MessageRow(*rows[0]) if rows else None
+
+    @staticmethod
+    def _user(db: peewee.Database, user_id: int) -> UserRow | None:
+        rows = _rows(_User.select(*_USER_COLUMNS).where(_User.id == user_id), db)
+        return UserRow(*rows[0]) if rows else None

@@ -81,12 +81,16 @@ class Client:
         assert error.error_code == code, f"expected ERROR {code}, got {error!r}"
         return error
 
-    def assert_silent(self, seconds: float = 0.3) -> None:
-        try:
-            msg = self.recv(seconds)
-        except TimeoutError:
-            return
-        raise AssertionError(f"expected no frame, got {msg!r}")
+    def assert_silent(self, seconds: float = 0.3, skip=UNSOLICITED) -> None:
+        """Nothing but (by default) presence notifications arrives within ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                msg = self.recv(max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                return
+            if not isinstance(msg, skip):
+                raise AssertionError(f"expected no frame, got {msg!r}")
 
     def wait_closed(self, timeout: float | None = None) -> None:
         """Reads until the server closes the connection; fails on timeout."""

@@ -82,11 +82,15 @@ def post_from_senders(server: ServerProcess) -> tuple[dict[str, Client], dict[in
 
 def database_error(server: ServerProcess, client: Client) -> None:
     """A real storage failure: the User table vanishes under the running server, SET_NICKNAME's
-    lookup fails and dispatch logs it at ERROR. Posting and restarting still work."""
-    with sqlite3.connect(server.data_dir / "superchat.db") as db:
-        db.execute("DROP TABLE IF EXISTS User")
+    lookup fails and dispatch logs it at ERROR. The table then comes back, so posting and
+    restarting still work."""
+    database = server.data_dir / "superchat.db"
+    with sqlite3.connect(database) as db:
+        db.execute("ALTER TABLE User RENAME TO UserAway")
     client.send(m.SetNickname(nickname="renamed"))
     client.expect_error(ErrorCode.DATABASE_ERROR)
+    with sqlite3.connect(database) as db:
+        db.execute("ALTER TABLE UserAway RENAME TO User")
 
 
 def test_guide_recipes_return_the_right_lines(start_server):

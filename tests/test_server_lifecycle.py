@@ -169,3 +169,13 @@ def test_disable_directory_flag_reaches_the_wire(start_server):
     server = start_server(args=("--disable-directory",))
     with Client(server.port) as client:
         assert client.expect(m.ServerConfig).directory_enabled is False
+
+
+def test_an_unusable_database_stops_the_start_with_one_line(tmp_path):
+    database = tmp_path / "broken.db"
+    database.write_bytes(b"this is not an SQLite database, not even close" * 100)
+    result = run_scd(tmp_path, "--db", str(database), "--port", "0", "--bind", "127.0.0.1",
+                     "--metrics-port", "0", "--pprof-port", "0")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["scd: cannot start: file is not a database"]

@@ -27,11 +27,10 @@ def test_unknown_unimplemented_and_server_types_get_1001(connect, code):
 
 
 @pytest.mark.parametrize("msg", [
-    m.AuthRequest(nickname="someone", password="x" * 44),
-    m.RegisterUser(password="x" * 44),
-    m.ListUsers(limit=10, include_offline=False),
-    m.BanUser(nickname="someone", reason="r"),
     m.ListServers(limit=10),
+    m.RegisterServer(hostname="example.org", port=6465, name="x", description="y"),
+    m.Heartbeat(hostname="example.org", port=6465),
+    m.VerifyResponse(challenge=1),
 ], ids=lambda msg: msg.NAME)
 def test_types_of_later_features_are_refused_as_unsupported(connect, msg):
     client = connect("early")

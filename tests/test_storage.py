@@ -4,19 +4,25 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from superchat import storage
 from superchat.storage import (
+    BanRow,
     ChannelExists,
     ChannelRow,
     MessageRow,
     NewPost,
+    NicknameTaken,
     PostRejected,
+    SSHKeyExists,
+    SSHKeyRow,
     StorageError,
     Store,
+    UserRow,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -76,15 +82,23 @@ def wait_next_ms(after: int) -> None:
 def test_migrates_empty_database_and_creates_parent_directory(db_path):
     assert not db_path.parent.exists()
     Store(db_path).close()
-    assert sql(db_path, "PRAGMA user_version") == [(1,)]
+    assert sql(db_path, "PRAGMA user_version") == [(2,)]
     tables = {r[0] for r in sql(db_path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
-    assert {"Channel", "Message", "User"} <= tables
+    assert {"Channel", "Message", "User", "SSHKey", "Ban", "AdminAction", "ReadState"} <= tables
     indexes = {r[0] for r in sql(db_path, "SELECT name FROM sqlite_master WHERE type = 'index'")}
     assert {
         "idx_message_roots",
         "idx_message_parent",
         "idx_message_thread",
         "idx_message_root_age",
+        "idx_message_unread",
+        "idx_message_thread_unread",
+        "idx_message_author",
+        "idx_ssh_key_user",
+        "idx_ban_user",
+        "idx_ban_nickname",
+        "idx_ban_ip",
+        "idx_read_state_channel",
     } <= indexes
 
 
@@ -100,7 +114,7 @@ def test_reopen_is_idempotent_and_keeps_data(db_path):
         assert [c.name for c in second.list_channels()] == ["chat", "general", "tech"]
     finally:
         second.close()
-    assert sql(db_path, "PRAGMA user_version") == [(1,)]
+    assert sql(db_path, "PRAGMA user_version") == [(2,)]
 
 
 def test_refuses_a_database_from_a_newer_server(db_path):
@@ -110,8 +124,50 @@ def test_refuses_a_database_from_a_newer_server(db_path):
         Store(db_path)
 
 
+def test_migrates_a_version_1_database_and_keeps_its_data(db_path, monkeypatch):
+    with monkeypatch.context() as old_code:
+        old_code.setattr(storage, "_MIGRATIONS", storage._MIGRATIONS[:1])
+        old = Store(db_path)
+        old.seed_channels(FORUM_SEEDS, 168)
+        general = channel_id(old, "general")
+        root = post(old, general, content="from v1")
+        reply = post(old, general, parent=root.id, content="reply from v1")
+        old.close()
+    sql(
+        db_path,
+        "INSERT INTO User (nickname, user_flags, password_hash, created_at, last_seen) VALUES ('olga', 0, 'h', 5, 6)",
+    )
+    assert sql(db_path, "PRAGMA user_version") == [(1,)]
+
+    s = Store(db_path)
+    try:
+        assert sql(db_path, "PRAGMA user_version") == [(2,)]
+        assert [c.name for c in s.list_channels()] == ["chat", "general", "tech"]
+        assert s.get_message(root.id) == replace(root, reply_count=1)
+        assert s.get_message(reply.id) == reply
+        olga = s.get_user_by_nickname("olga")
+        assert (olga.password_hash, olga.created_at, olga.last_seen) == ("h", 5, 6)
+        key = s.add_ssh_key(olga.id, "SHA256:olga", "ssh-ed25519 AAAA", "ssh-ed25519", None)
+        assert s.list_ssh_keys(olga.id) == [key]
+        s.set_read_state(olga.id, general, None, root.created_at)
+        assert s.read_state(olga.id, general, None) == root.created_at
+        assert s.count_unread_in_channel(general, None, 0) == 2
+        assert s.count_unread_in_thread(root.id, 0) == 2
+    finally:
+        s.close()
+
+
 def test_models_match_the_migrated_tables(store, db_path):
-    for model in (storage._Channel, storage._Message, storage._User):
+    models = (
+        storage._Channel,
+        storage._Message,
+        storage._User,
+        storage._SSHKey,
+        storage._Ban,
+        storage._AdminAction,
+        storage._ReadState,
+    )
+    for model in models:
         table = model._meta.table_name
         columns = [r[1] for r in sql(db_path, f'PRAGMA table_info("{table}")')]
         assert columns == [f.column_name for f in model._meta.sorted_fields], table
@@ -459,6 +515,328 @@ def test_user_lookups(store, db_path):
     assert store.get_user(user.id + 1) is None
 
 
+def test_create_user(store):
+    before = time.time_ns() // 1_000_000
+    user = store.create_user("alice", "hash", 3)
+    assert isinstance(user, UserRow)
+    assert (user.nickname, user.password_hash, user.user_flags) == ("alice", "hash", 3)
+    assert user.created_at == user.last_seen >= before
+    assert store.get_user(user.id) == user
+    assert store.get_user_by_nickname("alice") == user
+
+
+def test_create_user_refuses_a_taken_nickname_case_sensitively(store):
+    alice = store.create_user("alice", "hash", 0)
+    with pytest.raises(NicknameTaken):
+        store.create_user("alice", "other", 1)
+    assert store.list_users(10) == [alice]
+    assert store.create_user("Alice", "", 0).nickname == "Alice"
+
+
+def test_assign_flag_gives_it_to_exactly_the_named_users(store):
+    admin = store.create_user("admin", "h", 0)
+    former = store.create_user("former", "h", 1 | 2)
+    plain = store.create_user("plain", "h", 2)
+    store.assign_flag(1, ["admin", "nobody"])
+    assert [store.get_user(u.id).user_flags for u in (admin, former, plain)] == [1, 2, 2]
+    store.assign_flag(1, [])
+    assert store.get_user(admin.id).user_flags == 0
+
+
+def test_user_updates(store):
+    user = store.create_user("alice", "hash", 0)
+    other = store.create_user("bob", "bobhash", 1)
+
+    store.set_password(user.id, "")
+    store.assign_flag(4, ["alice"])
+    store.touch_user(user.id, 123)
+    store.rename_user(user.id, "alicia")
+    assert store.get_user(user.id) == replace(user, nickname="alicia", password_hash="", user_flags=4, last_seen=123)
+    assert store.get_user_by_nickname("alice") is None
+
+    store.rename_user(user.id, "alicia")
+    with pytest.raises(NicknameTaken):
+        store.rename_user(user.id, "bob")
+    assert store.get_user(user.id).nickname == "alicia"
+    assert store.get_user(other.id) == other
+
+
+def test_list_users_by_nickname_with_limit(store):
+    for nickname in ("carol", "alice", "dave", "bob"):
+        store.create_user(nickname, "", 0)
+    assert [u.nickname for u in store.list_users(100)] == ["alice", "bob", "carol", "dave"]
+    assert [u.nickname for u in store.list_users(2)] == ["alice", "bob"]
+    assert store.list_users(0) == []
+
+
+def test_delete_user_anonymises_messages_and_cascades(store, db_path):
+    general = channel_id(store, "general")
+    gone = store.create_user("alice", "hash", 0)
+    kept = store.create_user("bob", "hash", 0)
+    (authored, other) = store.post_messages(
+        [new_post(general, user=gone.id, nickname="alice"), new_post(general, user=kept.id, nickname="bob")]
+    )
+    (reply,) = store.post_messages([new_post(general, parent=other.id, user=gone.id, nickname="alice")])
+    store.add_ssh_key(gone.id, "SHA256:gone", "ssh-ed25519 A", "ssh-ed25519", "laptop")
+    kept_key = store.add_ssh_key(kept.id, "SHA256:kept", "ssh-ed25519 B", "ssh-ed25519", None)
+    store.set_read_state(gone.id, general, None, 10)
+    store.set_read_state(kept.id, general, None, 20)
+    by_id = store.add_user_ban(gone.id, None, "spam", False, None, "admin")
+    by_both = store.add_user_ban(gone.id, "alice", "spam", True, None, "admin")
+
+    assert store.delete_user(gone.id) == gone
+    assert store.get_user(gone.id) is None
+    for message in (authored, reply):
+        assert store.get_message(message.id) == replace(message, author_user_id=None, reply_count=0)
+    assert store.get_message(other.id).author_user_id == kept.id
+    assert store.get_ssh_key("SHA256:gone") is None
+    assert store.list_ssh_keys(kept.id) == [kept_key]
+    assert sql(db_path, "SELECT user_id, last_read_at FROM ReadState") == [(kept.id, 20)]
+    assert store.list_bans(True, 0) == [replace(by_id, user_id=None), replace(by_both, user_id=None)]
+    assert store.active_user_ban(gone.id, None, 0) is None
+    assert store.active_user_ban(None, "alice", 0) == replace(by_both, user_id=None)
+
+    assert store.delete_user(gone.id) is None
+    store.add_ssh_key(kept.id, "SHA256:gone", "ssh-ed25519 A", "ssh-ed25519", None)
+
+
+# -- SSH keys ----------------------------------------------------------------------------------
+
+
+def test_ssh_keys(store):
+    alice = store.create_user("alice", "", 0)
+    bob = store.create_user("bob", "", 0)
+    before = time.time_ns() // 1_000_000
+    first = store.add_ssh_key(alice.id, "SHA256:one", "ssh-ed25519 AAAA one", "ssh-ed25519", "laptop")
+    second = store.add_ssh_key(alice.id, "SHA256:two", "ssh-rsa AAAA two", "ssh-rsa", None)
+    assert isinstance(first, SSHKeyRow)
+    assert (first.user_id, first.fingerprint, first.public_key, first.key_type, first.label) == (
+        alice.id,
+        "SHA256:one",
+        "ssh-ed25519 AAAA one",
+        "ssh-ed25519",
+        "laptop",
+    )
+    assert first.added_at >= before and first.last_used_at is None
+    assert store.list_ssh_keys(alice.id) == [first, second]
+    assert store.list_ssh_keys(bob.id) == []
+    assert store.get_ssh_key("SHA256:two") == second
+    assert store.get_ssh_key("SHA256:none") is None
+
+    store.touch_ssh_key("SHA256:one", 777)
+    assert store.get_ssh_key("SHA256:one").last_used_at == 777
+
+
+def test_ssh_key_refusals(store):
+    alice = store.create_user("alice", "", 0)
+    bob = store.create_user("bob", "", 0)
+    key = store.add_ssh_key(alice.id, "SHA256:one", "ssh-ed25519 A", "ssh-ed25519", "laptop")
+    for owner in (alice, bob):
+        with pytest.raises(SSHKeyExists):
+            store.add_ssh_key(owner.id, "SHA256:one", "ssh-ed25519 A", "ssh-ed25519", None)
+    with pytest.raises(StorageError):
+        store.add_ssh_key(9999, "SHA256:nobody", "ssh-ed25519 C", "ssh-ed25519", None)
+
+    assert not store.relabel_ssh_key(bob.id, key.id, "stolen")
+    assert not store.delete_ssh_key(bob.id, key.id)
+    assert store.list_ssh_keys(alice.id) == [key]
+
+    assert store.relabel_ssh_key(alice.id, key.id, None)
+    assert store.get_ssh_key("SHA256:one") == replace(key, label=None)
+    assert store.delete_ssh_key(alice.id, key.id)
+    assert not store.delete_ssh_key(alice.id, key.id)
+    assert not store.relabel_ssh_key(alice.id, key.id, "gone")
+    assert store.list_ssh_keys(alice.id) == []
+
+
+# -- bans and audit ----------------------------------------------------------------------------
+
+
+def test_add_bans(store):
+    alice = store.create_user("alice", "", 0)
+    before = time.time_ns() // 1_000_000
+    user_ban = store.add_user_ban(alice.id, "alice", "spam", True, None, "admin")
+    assert isinstance(user_ban, BanRow)
+    assert user_ban == BanRow(
+        user_ban.id, "user", alice.id, "alice", None, "spam", True, user_ban.banned_at, None, "admin"
+    )
+    assert user_ban.banned_at >= before
+    nick_ban = store.add_user_ban(None, "mallory", "flood", False, user_ban.banned_at + 1000, "admin")
+    ip_ban = store.add_ip_ban("10.0.0.0/8", "abuse", None, "root")
+    assert ip_ban == BanRow(ip_ban.id, "ip", None, None, "10.0.0.0/8", "abuse", False, ip_ban.banned_at, None, "root")
+    assert store.list_bans(False, user_ban.banned_at) == [user_ban, nick_ban, ip_ban]
+    assert all(isinstance(b.shadowban, bool) for b in store.list_bans(True, 0))
+    with pytest.raises(StorageError):
+        store.add_user_ban(9999, None, "no such user", False, None, "admin")
+
+
+def test_expired_bans_are_listed_only_on_request(store):
+    now = 1_000_000
+    expired = store.add_user_ban(None, "old", "r", False, now - 1, "admin")
+    ends_now = store.add_ip_ban("192.0.2.1/32", "r", now, "admin")
+    later = store.add_user_ban(None, "later", "r", False, now + 1, "admin")
+    permanent = store.add_ip_ban("198.51.100.0/24", "r", None, "admin")
+    assert store.list_bans(False, now) == [later, permanent]
+    assert store.list_bans(True, now) == [expired, ends_now, later, permanent]
+    assert store.active_ip_bans(now) == [permanent]
+    assert store.active_ip_bans(now - 1) == [ends_now, permanent]
+    assert store.active_user_ban(None, "old", now) is None
+    assert store.active_user_ban(None, "later", now) == later
+
+
+def test_active_user_ban_matches_id_or_nickname_newest_first(store):
+    alice = store.create_user("alice", "", 0)
+    bob = store.create_user("bob", "", 0)
+    by_id = store.add_user_ban(alice.id, None, "first", False, None, "admin")
+    assert store.active_user_ban(alice.id, "alice", 0) == by_id
+    assert store.active_user_ban(alice.id, None, 0) == by_id
+    assert store.active_user_ban(None, "alice", 0) is None
+    by_nickname = store.add_user_ban(None, "alice", "second", True, None, "admin")
+    assert store.active_user_ban(alice.id, "alice", 0) == by_nickname
+    assert store.active_user_ban(None, "alice", 0) == by_nickname
+    assert store.active_user_ban(bob.id, "alice", 0) == by_nickname
+    assert store.active_user_ban(bob.id, "bob", 0) is None
+    assert store.active_user_ban(None, "Alice", 0) is None
+    assert store.active_user_ban(None, None, 0) is None
+    store.add_ip_ban("203.0.113.7/32", "ip bans never match users", None, "admin")
+    assert store.active_user_ban(None, None, 0) is None
+
+
+def test_remove_user_bans_removes_only_active_matching_ones(store):
+    alice = store.create_user("alice", "", 0)
+    now = 1_000_000
+    by_id = store.add_user_ban(alice.id, None, "r", False, None, "admin")
+    by_nickname = store.add_user_ban(None, "alice", "r", False, now + 1, "admin")
+    expired = store.add_user_ban(alice.id, "alice", "r", False, now, "admin")
+    other = store.add_user_ban(None, "bob", "r", False, None, "admin")
+    ip_ban = store.add_ip_ban("10.0.0.1/32", "r", None, "admin")
+    assert store.list_bans(False, now) == [by_id, by_nickname, other, ip_ban]
+
+    assert store.remove_user_bans(alice.id, "alice", now) == 2
+    assert store.list_bans(True, now) == [expired, other, ip_ban]
+    assert store.remove_user_bans(alice.id, "alice", now) == 0
+    assert store.remove_user_bans(None, None, now) == 0
+
+    again = store.add_user_ban(alice.id, None, "r", False, None, "admin")
+    assert store.remove_user_bans(None, "alice", now) == 0
+    assert store.remove_user_bans(alice.id, None, now) == 1
+    assert store.list_bans(True, now) == [expired, other, ip_ban]
+    assert again.id > ip_ban.id
+
+
+def test_remove_ip_bans_exact_and_active_only(store):
+    now = 1_000_000
+    active = store.add_ip_ban("10.0.0.0/8", "r", None, "admin")
+    expired = store.add_ip_ban("10.0.0.0/8", "r", now, "admin")
+    narrower = store.add_ip_ban("10.0.0.0/16", "r", None, "admin")
+    user_ban = store.add_user_ban(None, "10.0.0.0/8", "a nickname, not an address", False, None, "admin")
+    assert store.active_ip_bans(now) == [active, narrower]
+    assert store.remove_ip_bans("10.0.0.0/8", now) == 1
+    assert store.list_bans(True, now) == [expired, narrower, user_ban]
+    assert store.remove_ip_bans("10.0.0.0/8", now) == 0
+
+
+def test_log_admin_action(store, db_path):
+    before = time.time_ns() // 1_000_000
+    store.log_admin_action(1, "root", "delete_channel", "#old")
+    store.log_admin_action(2, "admin", "ban_user", "alice: spam")
+    rows = sql(db_path, "SELECT id, admin_user_id, admin_nickname, action, details, performed_at FROM AdminAction")
+    assert [row[1:5] for row in rows] == [
+        (1, "root", "delete_channel", "#old"),
+        (2, "admin", "ban_user", "alice: spam"),
+    ]
+    assert rows[0][0] < rows[1][0]
+    assert all(row[5] >= before for row in rows)
+
+
+# -- channel deletion and read state -----------------------------------------------------------
+
+
+def test_delete_channel_removes_messages_and_read_state(store, db_path):
+    general, tech = channel_id(store, "general"), channel_id(store, "tech")
+    alice = store.create_user("alice", "", 0)
+    root, m = build_thread(store, general)
+    in_sub = post(store, general, subchannel=4)
+    survivor = post(store, tech)
+    store.set_read_state(alice.id, general, None, 5)
+    store.set_read_state(alice.id, general, 4, 6)
+    store.set_read_state(alice.id, tech, None, 7)
+    row = store.get_channel(general)
+
+    assert store.delete_channel(general) == row
+    assert store.get_channel(general) is None
+    assert [c.name for c in store.list_channels()] == ["chat", "tech"]
+    for message in (root, in_sub, *m.values()):
+        assert store.get_message(message.id) is None
+    assert store.get_message(survivor.id) == survivor
+    assert sql(db_path, f"SELECT COUNT(*) FROM Message WHERE channel_id = {general}") == [(0,)]
+    assert store.read_state(alice.id, general, None) == 0
+    assert sql(db_path, "SELECT channel_id, last_read_at FROM ReadState") == [(tech, 7)]
+    assert store.delete_channel(general) is None
+
+
+def test_read_state_upserts_per_user_channel_and_subchannel(store):
+    general, tech = channel_id(store, "general"), channel_id(store, "tech")
+    alice = store.create_user("alice", "", 0)
+    bob = store.create_user("bob", "", 0)
+    assert store.read_state(alice.id, general, None) == 0
+    store.set_read_state(alice.id, general, None, 100)
+    store.set_read_state(alice.id, general, 3, 300)
+    store.set_read_state(bob.id, general, None, 900)
+    store.set_read_state(alice.id, general, None, 150)
+    assert store.read_state(alice.id, general, None) == 150
+    assert store.read_state(alice.id, general, 3) == 300
+    assert store.read_state(alice.id, general, 4) == 0
+    assert store.read_state(alice.id, tech, None) == 0
+    assert store.read_state(bob.id, general, None) == 900
+    # Moving backwards is the client's choice (e.g. "mark unread").
+    store.set_read_state(alice.id, general, 3, 50)
+    assert store.read_state(alice.id, general, 3) == 50
+    with pytest.raises(StorageError):
+        store.set_read_state(alice.id, 9999, None, 1)
+
+
+def test_count_unread_in_channel(store):
+    general, tech = channel_id(store, "general"), channel_id(store, "tech")
+    old_root = post(store, general)
+    wait_next_ms(old_root.created_at)
+    root = post(store, general)
+    reply = post(store, general, parent=old_root.id)
+    post(store, general, parent=reply.id)
+    gone = post(store, general)
+    store.soft_delete_message(gone.id)
+    sub_root = post(store, general, subchannel=5)
+    post(store, general, subchannel=5, parent=sub_root.id)
+    post(store, tech)
+
+    assert store.count_unread_in_channel(general, None, 0) == 4
+    assert store.count_unread_in_channel(general, None, old_root.created_at) == 3
+    assert store.count_unread_in_channel(general, None, root.created_at - 1) == 3
+    assert store.count_unread_in_channel(general, 5, 0) == 2
+    assert store.count_unread_in_channel(general, 6, 0) == 0
+    assert store.count_unread_in_channel(tech, None, 0) == 1
+    last = max(m.created_at for m in store.list_thread(old_root.id, 0, None, None))
+    assert store.count_unread_in_channel(general, None, last) == 0
+
+
+def test_count_unread_in_thread_counts_root_and_all_replies(store):
+    general = channel_id(store, "general")
+    root, m = build_thread(store, general)
+    other = post(store, general)
+    post(store, general, parent=other.id)
+    assert store.count_unread_in_thread(root.id, 0) == 8
+    store.soft_delete_message(m["a1"].id)
+    assert store.count_unread_in_thread(root.id, 0) == 7
+    store.soft_delete_message(root.id)
+    assert store.count_unread_in_thread(root.id, 0) == 6
+    assert store.count_unread_in_thread(other.id, 0) == 2
+    assert store.count_unread_in_thread(m["a"].id, 0) == 0
+    wait_next_ms(max(r.created_at for r in m.values()))
+    late = post(store, general, parent=m["a1x"].id)
+    assert store.count_unread_in_thread(root.id, late.created_at - 1) == 1
+    assert store.count_unread_in_thread(root.id, late.created_at) == 0
+
+
 # -- health, errors, durability ----------------------------------------------------------------
 
 
@@ -558,3 +936,113 @@ def test_retention_uses_indexes(store, db_path):
         details = plan(db_path, statement)
         assert not [d for d in details if d.startswith("SCAN")], details
         assert any(index in d for d in details), details
+
+
+def assert_searches(db_path, statement, index=None):
+    details = plan(db_path, statement)
+    assert not [d for d in details if d.startswith("SCAN")], (statement, details)
+    assert any(d.startswith("SEARCH") for d in details), (statement, details)
+    if index is not None:
+        assert any(f"COVERING INDEX {index} " in d for d in details), (statement, details)
+
+
+def test_account_ban_read_state_and_unread_reads_use_indexes(store, db_path):
+    general = channel_id(store, "general")
+    alice = store.create_user("alice", "", 0)
+    key = store.add_ssh_key(alice.id, "SHA256:one", "ssh-ed25519 A", "ssh-ed25519", None)
+    store.add_user_ban(alice.id, "alice", "r", False, None, "admin")
+    store.set_read_state(alice.id, general, None, 1)
+    root, m = build_thread(store, general)
+    reads = [
+        lambda: store.get_ssh_key(key.fingerprint),
+        lambda: store.list_ssh_keys(alice.id),
+        lambda: store.active_user_ban(alice.id, "alice", 0),
+        lambda: store.active_user_ban(None, "alice", 0),
+        lambda: store.read_state(alice.id, general, None),
+    ]
+    for read in reads:
+        (statement,) = traced(store._reader, read)
+        assert_searches(db_path, statement)
+
+    for read, index in (
+        (lambda: store.count_unread_in_channel(general, None, 0), "idx_message_unread"),
+        (lambda: store.count_unread_in_channel(general, 3, 0), "idx_message_unread"),
+        (lambda: store.count_unread_in_thread(root.id, 0), "idx_message_thread_unread"),
+    ):
+        (statement,) = traced(store._reader, read)
+        assert_searches(db_path, statement, index)
+
+
+def test_deleting_a_user_or_channel_uses_indexes(store, db_path):
+    general = channel_id(store, "general")
+    alice = store.create_user("alice", "", 0)
+    store.post_messages([new_post(general, user=alice.id)])
+    statements = traced(store._writer, lambda: store.delete_user(alice.id))
+    (anonymise,) = [s for s in statements if s.lstrip().startswith("UPDATE")]
+    # The trace repeats a statement once per foreign-key action it runs.
+    (delete,) = {s for s in statements if s.lstrip().startswith("DELETE")}
+    assert any("idx_message_author" in d for d in plan(db_path, anonymise))
+    # The plan of a DELETE lists the lookups its foreign-key actions make in SSHKey, Ban and ReadState.
+    assert_searches(db_path, anonymise)
+    assert_searches(db_path, delete)
+
+    statements = traced(store._writer, lambda: store.delete_channel(general))
+    (delete,) = {s for s in statements if s.lstrip().startswith("DELETE")}
+    assert_searches(db_path, delete)
+
+
+def test_unread_counts_over_100000_messages_read_only_the_index(store, db_path):
+    general, tech = channel_id(store, "general"), channel_id(store, "tech")
+    base = 1_700_000_000_000
+    rows = []
+    # Threads of 100 messages; every 7th message is deleted and every 10th thread is in subchannel 2.
+    for message_id in range(1, 100_001):
+        root = message_id - (message_id - 1) % 100
+        rows.append(
+            (
+                message_id,
+                general,
+                2 if root % 1000 == 1 else None,
+                None if message_id == root else root,
+                root,
+                "n",
+                "x",
+                base + message_id,
+                base + message_id if message_id % 7 == 0 else None,
+            )
+        )
+    conn = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO Message (id, channel_id, subchannel_id, parent_id, thread_root_id, author_nickname, "
+            "content, created_at, deleted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    post(store, tech)
+
+    def expected(since, subchannel=None, thread=None):
+        return sum(
+            1
+            for (_, _, sub, _, root, _, _, created_at, deleted_at) in rows
+            if created_at > since and deleted_at is None and (sub == subchannel if thread is None else root == thread)
+        )
+
+    since = base + 40_000
+    counts = [
+        (lambda: store.count_unread_in_channel(general, None, since), expected(since), "idx_message_unread"),
+        (lambda: store.count_unread_in_channel(general, 2, since), expected(since, 2), "idx_message_unread"),
+        (
+            lambda: store.count_unread_in_thread(40_001, since + 50),
+            expected(since + 50, thread=40_001),
+            "idx_message_thread_unread",
+        ),
+    ]
+    assert [want for _, want, _ in counts] == [46_286, 5_143, 43]
+    for count, want, index in counts:
+        assert count() == want
+        (statement,) = traced(store._reader, count)
+        assert_searches(db_path, statement, index)

@@ -13,10 +13,13 @@ from gevent.server import StreamServer
 from ..config import Config
 from ..observability import metrics
 from ..observability.http import Health, metrics_app
-from ..protocol import messages
+from ..observability.profiling import enable_block_profiling, profiling_app
+from ..protocol import flags, messages
 from ..storage import Store
+from .bans import BanList
 from .context import ServerContext
 from .outbound import broadcast
+from .passwords import LoginThrottle
 from .session import SessionRegistry
 from .transport import ConnectionHandler
 from .writer import Writer
@@ -37,7 +40,16 @@ class Server:
             [(seed.name, seed.description) for seed in config.seed_channels],
             config.default_retention_hours,
         )
-        self.ctx = ServerContext(config=config, store=store, writer=Writer(store), sessions=SessionRegistry())
+        # Admin rights come from the configuration alone: granted and withdrawn at every start.
+        store.assign_flag(flags.ADMIN, config.admin_users)
+        self.ctx = ServerContext(
+            config=config,
+            store=store,
+            writer=Writer(store),
+            sessions=SessionRegistry(),
+            bans=BanList(store),
+            logins=LoginThrottle(),
+        )
         self._listener = StreamServer(
             (config.bind_address, config.tcp_port),
             ConnectionHandler(self.ctx),
@@ -47,6 +59,9 @@ class Server:
         health = Health(lambda: len(self.ctx.sessions), store.database_problem, config.directory_enabled)
         self._metrics_http = WSGIServer(
             (config.metrics_bind, config.metrics_port), metrics_app(health), log=None, error_log=log
+        )
+        self._profiling_http = WSGIServer(
+            (config.pprof_bind, config.pprof_port), profiling_app, log=None, error_log=log
         )
         self._background: list[gevent.Greenlet] = []
 
@@ -60,6 +75,10 @@ class Server:
         self._metrics_http.start()
         log.info("Metrics server listening on %s:%d (/metrics, /health) - INTERNAL ONLY",
                  self.config.metrics_bind, self._metrics_http.server_port)
+        enable_block_profiling()
+        self._profiling_http.start()
+        log.info("Profiling server listening on %s:%d (/debug/pprof/) - INTERNAL ONLY",
+                 self.config.pprof_bind, self._profiling_http.server_port)
         self._listener.start()
         log.info("Server started on port %d", self.port)
         log.info("Database: %s", self.config.database_path)
@@ -99,5 +118,6 @@ class Server:
             session.close("server shutting down")
         self._listener.stop(timeout=SHUTDOWN_DRAIN_SECONDS)
         self._metrics_http.stop(timeout=1)
+        self._profiling_http.stop(timeout=1)
         self.ctx.store.close()
         log.info("Graceful shutdown complete (%d sessions notified)", len(sessions))

@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 from ..config import Config
 from ..storage import Store
+from .bans import BanList
+from .passwords import LoginThrottle
 from .session import SessionRegistry
 from .writer import Writer
 
@@ -16,3 +18,5 @@ class ServerContext:
     store: Store
     writer: Writer
     sessions: SessionRegistry
+    bans: BanList
+    logins: LoginThrottle

@@ -43,6 +43,9 @@ class Session:
         "channels",
         "post_window",
         "create_window",
+        "shadowbanned",
+        "watches_roster",
+        "_finish_reason",
     )
 
     def __init__(self, session_id: int, address: tuple, sock):
@@ -54,6 +57,7 @@ class Session:
         self._flusher = None
         self.closed = False
         self.close_reason = ""
+        self._finish_reason = ""
         self.nickname = ""
         self.user_id: int | None = None
         self.user_flags = 0
@@ -63,6 +67,14 @@ class Session:
         # Rate windows are created on first use: most sessions never post.
         self.post_window: SlidingWindow | None = None
         self.create_window: SlidingWindow | None = None
+        # A shadowbanned author's posts reach only the author and admins.
+        self.shadowbanned = False
+        # Set once the client asks for LIST_USERS: only such sessions receive SERVER_PRESENCE.
+        self.watches_roster = False
+
+    @property
+    def host(self) -> str:
+        return self.address[0]
 
     @property
     def peer(self) -> str:
@@ -98,6 +110,14 @@ class Session:
             self.close("write failed")
         finally:
             self._flusher = None
+        if self._finish_reason:
+            self.close(self._finish_reason)
+
+    def finish(self, reason: str) -> None:
+        """Close once everything queued so far is written (a last ERROR, a DISCONNECT)."""
+        self._finish_reason = reason
+        if self._flusher is None:
+            self.close(reason)
 
     def drain(self, timeout: float) -> None:
         """Wait (bounded) until everything queued so far has been written."""
@@ -129,6 +149,7 @@ class SessionRegistry:
         self._thread_subscribers: dict[int, set[Session]] = {}
         self._channel_subscribers: dict[int, set[Session]] = {}
         self._channel_members: dict[int, set[Session]] = {}
+        self.roster_watchers: set[Session] = set()
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -158,6 +179,7 @@ class SessionRegistry:
             self._drop_channel_subscriber(channel_id, session)
         if session.joined_channel is not None:
             _discard(self._channel_members, session.joined_channel, session)
+        self.roster_watchers.discard(session)
         session.threads = set()
         session.channels = set()
 
@@ -171,6 +193,25 @@ class SessionRegistry:
     def leave(self, session: Session) -> None:
         if session.joined_channel is not None:
             _discard(self._channel_members, session.joined_channel, session)
+            session.joined_channel = None
+
+    def channel_members(self, channel_id: int) -> set[Session]:
+        """Sessions that joined the channel."""
+        return self._channel_members.get(channel_id, set())
+
+    def watch_roster(self, session: Session) -> None:
+        session.watches_roster = True
+        self.roster_watchers.add(session)
+
+    def sessions_of_user(self, user_id: int) -> list[Session]:
+        return [s for s in self.by_id.values() if s.user_id == user_id]
+
+    def forget_channel(self, channel_id: int) -> None:
+        """Drop every subscription to and membership of a channel that no longer exists."""
+        for session in self._channel_subscribers.pop(channel_id, ()):
+            session.channels.discard(channel_id)
+        metrics.channel_subscribers(channel_id, 0)
+        for session in self._channel_members.pop(channel_id, ()):
             session.joined_channel = None
 
     # -- subscriptions --

@@ -8,6 +8,8 @@ import socket
 from ..observability import metrics
 from ..protocol import PROTOCOL_VERSION, FrameDecoder, FrameError, encode_message, messages
 from ..protocol.errors import ErrorCode
+from . import presence
+from .bans import describe
 from .context import ServerContext
 from .dispatch import dispatch
 from .handlers.connection import ClientDisconnect
@@ -48,8 +50,16 @@ class ConnectionHandler:
     def __call__(self, sock: socket.socket, address: tuple) -> None:
         ctx = self._ctx
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        ban = ctx.bans.ip_ban(address[0])
+        if ban is not None:
+            log.warning("Connection from %s refused: address banned (ban_id=%d)", address[0], ban.id)
+            self._refuse(sock, ErrorCode.PERMISSION_DENIED, f"Your address is banned {describe(ban)}")
+            return
         if ctx.sessions.connections_from(address[0]) >= ctx.config.max_connections_per_ip:
-            self._refuse(sock, address)
+            log.warning("Connection from %s refused: too many connections from this address", address[0])
+            limit = ctx.config.max_connections_per_ip
+            self._refuse(sock, ErrorCode.TOO_MANY_CONNECTIONS,
+                         f"Too many connections from your address (max {limit})")
             return
         session = ctx.sessions.open(address, sock)
         metrics.session_opened()
@@ -59,6 +69,7 @@ class ConnectionHandler:
         try:
             reason = self._serve(session, sock)
         finally:
+            presence.session_ended(ctx.sessions, session)
             ctx.sessions.remove(session)
             metrics.session_closed()
             session.drain(FAREWELL_SECONDS)
@@ -95,14 +106,11 @@ class ConnectionHandler:
                     return "client disconnected"
         return session.close_reason
 
-    def _refuse(self, sock: socket.socket, address: tuple) -> None:
-        log.warning("Connection from %s refused: too many connections from this address", address[0])
+    def _refuse(self, sock: socket.socket, code: int, text: str) -> None:
+        """SERVER_CONFIG then the reason, so the client shows why, then close."""
         try:
             sock.settimeout(FAREWELL_SECONDS)
-            refusal = messages.Error(
-                error_code=ErrorCode.TOO_MANY_CONNECTIONS,
-                message=f"Too many connections from your address (max {self._ctx.config.max_connections_per_ip})",
-            )
+            refusal = messages.Error(error_code=code, message=text)
             sock.sendall(self._config_frame + encode_message(refusal))
             metrics.frames_sent(messages.ServerConfig.NAME)
             metrics.frames_sent(refusal.NAME)
@@ -110,4 +118,3 @@ class ConnectionHandler:
             pass
         finally:
             sock.close()
-

@@ -1,11 +1,14 @@
-"""Nicknames (registration and login arrive with the accounts work)."""
+"""Nicknames, registration, login, logout and passwords."""
 
 from __future__ import annotations
 
 import logging
 import re
 
-from ...protocol import ErrorCode, messages
+from ...protocol import ErrorCode, flags, messages
+from ...storage import NicknameTaken, UserRow
+from .. import passwords, presence
+from ..bans import describe, now_ms
 from ..context import ServerContext
 from ..outbound import Refused, send
 from ..session import Session
@@ -23,25 +26,154 @@ def set_nickname(ctx: ServerContext, session: Session, msg) -> None:
     longest = min(MAX_NICKNAME_BYTES, ctx.config.max_nickname_length)
     if not MIN_NICKNAME_BYTES <= len(nickname.encode()) <= longest:
         raise Refused(ErrorCode.INVALID_FORMAT, f"Nickname must be {MIN_NICKNAME_BYTES}-{longest} characters")
+
+    def refuse(text: str) -> None:
+        send(session, messages.NicknameResponse(success=False, message=text))
+
     if not NICKNAME_CHARACTERS.fullmatch(nickname):
-        send(session, messages.NicknameResponse(
-            success=False,
-            message=f"Invalid nickname. Must be {MIN_NICKNAME_BYTES}-{longest} characters, "
-            "alphanumeric plus - and _",
-        ))
+        refuse(f"Invalid nickname. Must be {MIN_NICKNAME_BYTES}-{longest} characters, alphanumeric plus - and _")
         return
     owner = ctx.store.get_user_by_nickname(nickname)
     if owner is not None and owner.id != session.user_id:
-        send(session, messages.NicknameResponse(success=False, message="Nickname registered, password required"))
+        refuse("Nickname registered, password required")
         return
-
     changed = bool(session.nickname) and session.nickname != nickname
+    if session.user_id is not None and changed:
+        try:
+            ctx.writer.run(ctx.store.rename_user, session.user_id, nickname)
+        except NicknameTaken:
+            refuse("Nickname already in use")
+            return
     session.nickname = nickname
     log.info("Session %d set nickname: %s", session.id, nickname)
     verb = "changed" if changed else "set"
     send(session, messages.NicknameResponse(success=True, message=f"Nickname {verb} to {nickname}"))
+    presence.identity_changed(ctx.sessions, session)
+
+
+def register_user(ctx: ServerContext, session: Session, msg) -> None:
+    def refuse(text: str) -> None:
+        send(session, messages.RegisterResponse(success=False, message=text))
+
+    if not session.nickname:
+        refuse("Must set nickname before registering")
+        return
+    if session.user_id is not None:
+        refuse("This session is already registered")
+        return
+    if len(msg.password) not in passwords.CLIENT_HASH_LENGTHS:
+        refuse("Invalid password hash format")
+        return
+    nickname = session.nickname
+    if ctx.store.get_user_by_nickname(nickname) is not None:
+        refuse("Nickname already registered")
+        return
+    stored_hash = passwords.hash_password(msg.password)
+    user_flags = flags.ADMIN if nickname in ctx.config.admin_users else 0
+    try:
+        user = ctx.writer.run(ctx.store.create_user, nickname, stored_hash, user_flags)
+    except NicknameTaken:
+        refuse("Nickname already registered")
+        return
+    _sign_in(session, user)
+    log.info("Session %d registered nickname %s (user %d)", session.id, nickname, user.id)
+    send(session, messages.RegisterResponse(
+        success=True, user_id=user.id, message=f"Successfully registered {nickname}!"
+    ))
+    presence.identity_changed(ctx.sessions, session)
+
+
+def auth_request(ctx: ServerContext, session: Session, msg) -> None:
+    def refuse(text: str) -> None:
+        send(session, messages.AuthResponse(success=False, message=text))
+
+    wait = ctx.logins.seconds_blocked(session.host)
+    if wait:
+        refuse(f"Too many failed login attempts. Try again in {wait} seconds.")
+        return
+    user = ctx.store.get_user_by_nickname(msg.nickname)
+    if user is not None and not user.password_hash:
+        refuse("This account requires SSH authentication. Please connect via SSH.")
+        return
+    # An unknown name fails exactly like a wrong password, in answer and in time.
+    if not passwords.password_matches(msg.password, user.password_hash if user else None):
+        ctx.logins.failed(session.host, msg.nickname)
+        log.info("Session %d: login failed for %s from %s", session.id, msg.nickname, session.host)
+        refuse("Invalid credentials")
+        return
+    ctx.logins.succeeded(session.host)
+    ban = ctx.bans.user_ban(user.id, user.nickname)
+    if ban is not None and not ban.shadowban:
+        log.info("Session %d: login refused for banned user %s (id %d)", session.id, user.nickname, user.id)
+        refuse(f"Account banned {describe(ban)}")
+        return
+    _sign_in(session, user)
+    session.shadowbanned = ban is not None
+    ctx.writer.run(ctx.store.touch_user, user.id, now_ms())
+    log.info("Session %d logged in as %s (user %d)", session.id, user.nickname, user.id)
+    send(session, messages.AuthResponse(
+        success=True,
+        user_id=user.id,
+        nickname=user.nickname,
+        message=f"Welcome back, {user.nickname}!",
+        user_flags=user.user_flags,
+    ))
+    presence.identity_changed(ctx.sessions, session)
+
+
+def logout(ctx: ServerContext, session: Session, msg) -> None:
+    """No answer, as the protocol defines; the session keeps its nickname, anonymously."""
+    if session.user_id is None:
+        return
+    log.info("Session %d logged out (user %d)", session.id, session.user_id)
+    session.user_id = None
+    session.user_flags = 0
+    session.shadowbanned = False
+    presence.identity_changed(ctx.sessions, session)
+
+
+def change_password(ctx: ServerContext, session: Session, msg) -> None:
+    if session.user_id is None:
+        raise Refused(ErrorCode.AUTH_REQUIRED, "Must be authenticated to change password")
+
+    def answer(problem: str = "") -> None:
+        send(session, messages.PasswordChanged(success=not problem, error_message=problem))
+
+    user = ctx.store.get_user(session.user_id)
+    if user is None:
+        answer("User not found")
+        return
+    # The reference server skips this check when old_password is empty; a stolen open
+    # session must not be enough to take over an account, so an existing password is required.
+    if user.password_hash and not passwords.password_matches(msg.old_password, user.password_hash):
+        answer("Incorrect current password")
+        return
+    if not msg.new_password:
+        if not ctx.store.list_ssh_keys(user.id):
+            answer("Cannot remove password without SSH keys. Add an SSH key first.")
+            return
+        ctx.writer.run(ctx.store.set_password, user.id, "")
+        log.info("User %s (id %d) removed their password (SSH-only login)", user.nickname, user.id)
+        answer()
+        return
+    if len(msg.new_password) not in passwords.CLIENT_HASH_LENGTHS:
+        answer("Invalid password hash format")
+        return
+    ctx.writer.run(ctx.store.set_password, user.id, passwords.hash_password(msg.new_password))
+    log.info("User %s (id %d) changed their password", user.nickname, user.id)
+    answer()
+
+
+def _sign_in(session: Session, user: UserRow) -> None:
+    session.user_id = user.id
+    session.nickname = user.nickname
+    session.user_flags = user.user_flags
 
 
 HANDLERS = {
     messages.SetNickname: set_nickname,
+    messages.RegisterUser: register_user,
+    messages.AuthRequest: auth_request,
+    messages.Logout: logout,
+    messages.ChangePassword: change_password,
 }

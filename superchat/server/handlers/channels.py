@@ -6,6 +6,7 @@ import logging
 
 from ...protocol import ErrorCode, messages
 from ...storage import ChannelExists
+from .. import presence
 from ..context import ServerContext
 from ..limits import SlidingWindow
 from ..outbound import Refused, broadcast, send
@@ -45,10 +46,15 @@ def join_channel(ctx: ServerContext, session: Session, msg) -> None:
             success=False, channel_id=msg.channel_id, message="Channel not found"
         ))
         return
+    previous = session.joined_channel
+    if previous is not None and previous != msg.channel_id:
+        ctx.sessions.leave(session)
+        presence.channel_presence(ctx.sessions, session, previous, False)
     ctx.sessions.join(session, msg.channel_id)
     send(session, messages.JoinResponse(
         success=True, channel_id=msg.channel_id, subchannel_id=msg.subchannel_id, message="Joined channel"
     ))
+    presence.channel_presence(ctx.sessions, session, msg.channel_id, True)
 
 
 def leave_channel(ctx: ServerContext, session: Session, msg) -> None:
@@ -60,6 +66,7 @@ def leave_channel(ctx: ServerContext, session: Session, msg) -> None:
     else:
         ctx.sessions.leave(session)
         send(session, messages.LeaveResponse(success=True, channel_id=current, message="Left channel"))
+        presence.channel_presence(ctx.sessions, session, current, False)
         return
     send(session, messages.LeaveResponse(success=False, channel_id=msg.channel_id, message=failure))
 

@@ -6,8 +6,9 @@ import logging
 import time
 
 from ...observability import metrics
-from ...protocol import MAX_FRAME_LENGTH, ErrorCode, messages
+from ...protocol import MAX_FRAME_LENGTH, ErrorCode, flags, messages
 from ...storage import MessageRow, NewPost, PostRejected
+from ..bans import describe
 from ..context import ServerContext
 from ..limits import SlidingWindow
 from ..outbound import Refused, broadcast, send
@@ -23,9 +24,6 @@ RATE_WINDOW_SECONDS = 60
 LIST_OVERHEAD_BYTES = 64
 # Fixed bytes of one message entry besides its two strings.
 ENTRY_FIXED_BYTES = 52
-
-ADMIN_FLAG = 0x01
-MODERATOR_FLAG = 0x02
 
 
 def list_messages(ctx: ServerContext, session: Session, msg) -> None:
@@ -57,6 +55,11 @@ def _fit_in_frame(entries: list) -> list:
 def post_message(ctx: ServerContext, session: Session, msg) -> None:
     if not session.nickname:
         raise Refused(ErrorCode.AUTH_REQUIRED, "Nickname required. Use SET_NICKNAME first.")
+    ban = ctx.bans.user_ban(session.user_id, session.nickname)
+    if ban is not None:
+        if not ban.shadowban:
+            raise Refused(ErrorCode.PERMISSION_DENIED, f"You are banned {describe(ban)}")
+        session.shadowbanned = True
     _check_content(ctx, msg.content)
     if msg.subchannel_id is not None:
         raise Refused(ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
@@ -97,6 +100,9 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
     else:
         kind, thread_id = "thread", stored.thread_root_id
         audience = ctx.sessions.thread_subscribers(stored.thread_root_id)
+    if session.shadowbanned:
+        # Seen only by its author and the admins: the author notices nothing.
+        audience = [s for s in audience if s is session or _is_admin(s)]
     recipients = broadcast(list(audience), _entries(ctx, [stored], messages.NewMessage)[0])
     metrics.message_broadcast(kind, stored.channel_id, thread_id, recipients, time.perf_counter() - started)
 
@@ -162,20 +168,20 @@ def _is_author(session: Session, row: MessageRow) -> bool:
 
 
 def _is_admin(session: Session) -> bool:
-    return session.user_id is not None and bool(session.user_flags & ADMIN_FLAG)
+    return session.user_id is not None and bool(session.user_flags & flags.ADMIN)
 
 
 def _entries(ctx: ServerContext, rows: list[MessageRow], record=messages.MessageEntry) -> list:
-    """Wire entries with display names: ``~`` anonymous, ``$`` admin, ``@`` moderator, bare otherwise."""
-    users: dict[int, str] = {}
+    """Wire entries, authors decorated with their current nickname and flags."""
+    authors: dict[int, str] = {}
     entries = []
     for row in rows:
         if row.author_user_id is None:
-            author = "~" + row.author_nickname
+            author = flags.decorated_nickname(row.author_nickname, False, 0)
         else:
-            author = users.get(row.author_user_id)
+            author = authors.get(row.author_user_id)
             if author is None:
-                author = users[row.author_user_id] = _registered_name(ctx, row)
+                author = authors[row.author_user_id] = _registered_author(ctx, row)
         entries.append(record(
             id=row.id,
             channel_id=row.channel_id,
@@ -191,15 +197,11 @@ def _entries(ctx: ServerContext, rows: list[MessageRow], record=messages.Message
     return entries
 
 
-def _registered_name(ctx: ServerContext, row: MessageRow) -> str:
+def _registered_author(ctx: ServerContext, row: MessageRow) -> str:
     user = ctx.store.get_user(row.author_user_id)
     if user is None:
         return row.author_nickname
-    if user.user_flags & ADMIN_FLAG:
-        return "$" + user.nickname
-    if user.user_flags & MODERATOR_FLAG:
-        return "@" + user.nickname
-    return user.nickname
+    return flags.decorated_nickname(user.nickname, True, user.user_flags)
 
 
 HANDLERS = {

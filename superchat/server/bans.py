@@ -1,0 +1,73 @@
+"""Active bans, kept in memory so that every connection and post can be checked cheaply."""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+from ..storage import BanRow, Store
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """An address or CIDR range, IPv4 or IPv6; host bits are allowed (``10.0.0.5/24`` = ``10.0.0.0/24``)."""
+    return ipaddress.ip_network(text.strip(), strict=False)
+
+
+def address_in(host: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
+    """Whether a peer's address lies in a network; IPv4-mapped IPv6 peers count as IPv4."""
+    try:
+        address = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.version == network.version and address in network
+
+
+class BanList:
+    """Bans are few and change rarely; the hot paths (accept, post, login) read them from here."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self._ip: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, BanRow]] = []
+        self._users: list[BanRow] = []
+        self.reload()
+
+    def reload(self) -> None:
+        """Read the active bans again; called after every ban change."""
+        active = self._store.list_bans(False, now_ms())
+        self._ip = [(parse_network(ban.ip_cidr), ban) for ban in active if ban.ban_type == "ip"]
+        self._users = [ban for ban in active if ban.ban_type == "user"]
+
+    def ip_ban(self, host: str) -> BanRow | None:
+        now = now_ms()
+        for network, ban in self._ip:
+            if address_in(host, network) and _active(ban, now):
+                return ban
+        return None
+
+    def user_ban(self, user_id: int | None, nickname: str) -> BanRow | None:
+        """The newest active ban naming this account or this nickname."""
+        now = now_ms()
+        for ban in reversed(self._users):
+            named = (user_id is not None and ban.user_id == user_id) or (nickname and ban.nickname == nickname)
+            if named and _active(ban, now):
+                return ban
+        return None
+
+
+def _active(ban: BanRow, now: int) -> bool:
+    return ban.banned_until is None or ban.banned_until > now
+
+
+def describe(ban: BanRow) -> str:
+    """``permanently`` or ``until 2025-10-08T14:30:15Z``, then the reason."""
+    if ban.banned_until is None:
+        span = "permanently"
+    else:
+        span = "until " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ban.banned_until / 1000))
+    return f"{span}. Reason: {ban.reason}" if ban.reason else span

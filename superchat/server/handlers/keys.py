@@ -1,0 +1,101 @@
+"""SSH public keys as account data: add, list, relabel, delete."""
+
+from __future__ import annotations
+
+import logging
+
+from ...protocol import ErrorCode, messages
+from ...sshkeys import InvalidKey, parse_public_key
+from ...storage import SSHKeyExists
+from ..context import ServerContext
+from ..outbound import Refused, send
+from ..session import Session
+
+log = logging.getLogger("superchat.accounts")
+
+MAX_LABEL_BYTES = 100
+
+
+def _signed_in(session: Session, action: str) -> int:
+    if session.user_id is None:
+        raise Refused(ErrorCode.AUTH_REQUIRED, f"Must be authenticated to {action}")
+    return session.user_id
+
+
+def add_ssh_key(ctx: ServerContext, session: Session, msg) -> None:
+    user_id = _signed_in(session, "add SSH key")
+
+    def refuse(text: str) -> None:
+        send(session, messages.SSHKeyAdded(success=False, key_id=0, fingerprint="", error_message=text))
+
+    if not msg.public_key.strip():
+        refuse("Public key cannot be empty")
+        return
+    if len(msg.label.encode()) > MAX_LABEL_BYTES:
+        refuse(f"Label must be at most {MAX_LABEL_BYTES} bytes")
+        return
+    try:
+        key = parse_public_key(msg.public_key)
+    except InvalidKey as exc:
+        refuse(f"Invalid SSH public key: {exc}")
+        return
+    try:
+        row = ctx.writer.run(
+            ctx.store.add_ssh_key, user_id, key.fingerprint, key.authorized_line, key.key_type, msg.label or None
+        )
+    except SSHKeyExists:
+        refuse("SSH key already exists")
+        return
+    log.info("User %d added SSH key %s", user_id, key.fingerprint)
+    send(session, messages.SSHKeyAdded(success=True, key_id=row.id, fingerprint=row.fingerprint, error_message=""))
+
+
+def list_ssh_keys(ctx: ServerContext, session: Session, msg) -> None:
+    user_id = _signed_in(session, "list SSH keys")
+    send(session, messages.SSHKeyList(keys=[
+        messages.SSHKeyInfo(
+            id=key.id,
+            fingerprint=key.fingerprint,
+            key_type=key.key_type,
+            label=key.label or "",
+            added_at=key.added_at,
+            last_used_at=key.last_used_at or 0,
+        )
+        for key in ctx.store.list_ssh_keys(user_id)
+    ]))
+
+
+def update_ssh_key_label(ctx: ServerContext, session: Session, msg) -> None:
+    user_id = _signed_in(session, "update SSH key")
+    if len(msg.new_label.encode()) > MAX_LABEL_BYTES:
+        problem = f"Label must be at most {MAX_LABEL_BYTES} bytes"
+    elif ctx.writer.run(ctx.store.relabel_ssh_key, user_id, msg.key_id, msg.new_label or None):
+        log.info("User %d relabelled SSH key %d", user_id, msg.key_id)
+        problem = ""
+    else:
+        problem = "SSH key not found or does not belong to you"
+    send(session, messages.SSHKeyLabelUpdated(success=not problem, error_message=problem))
+
+
+def delete_ssh_key(ctx: ServerContext, session: Session, msg) -> None:
+    user_id = _signed_in(session, "delete SSH key")
+    keys = ctx.store.list_ssh_keys(user_id)
+    user = ctx.store.get_user(user_id)
+    if not any(key.id == msg.key_id for key in keys):
+        problem = "SSH key not found or does not belong to you"
+    elif len(keys) == 1 and user is not None and not user.password_hash:
+        problem = "Cannot delete last SSH key when no password is set"
+    elif ctx.writer.run(ctx.store.delete_ssh_key, user_id, msg.key_id):
+        log.info("User %d deleted SSH key %d", user_id, msg.key_id)
+        problem = ""
+    else:
+        problem = "SSH key not found or does not belong to you"
+    send(session, messages.SSHKeyDeleted(success=not problem, error_message=problem))
+
+
+HANDLERS = {
+    messages.AddSSHKey: add_ssh_key,
+    messages.ListSSHKeys: list_ssh_keys,
+    messages.UpdateSSHKeyLabel: update_ssh_key_label,
+    messages.DeleteSSHKey: delete_ssh_key,
+}

@@ -1,0 +1,218 @@
+"""Admin actions: bans, account and channel deletion. Each one is logged naming admin and target."""
+
+from __future__ import annotations
+
+import logging
+
+from ...protocol import ErrorCode, flags, messages
+from .. import bans as banlist
+from ..context import ServerContext
+from ..outbound import Refused, broadcast, send
+from ..session import Session
+
+log = logging.getLogger("superchat.moderation")
+
+DENIED = "Permission denied: admin access required"
+
+
+def _is_admin(session: Session) -> bool:
+    return session.user_id is not None and bool(session.user_flags & flags.ADMIN)
+
+
+def _audit(ctx: ServerContext, session: Session, action: str, details: str) -> None:
+    log.info("Admin %s %s", session.nickname, details)
+    ctx.writer.run(ctx.store.log_admin_action, session.user_id, session.nickname, action, details)
+
+
+def _expel(session: Session, text: str) -> None:
+    """Tell a session why it is being cut off, then close it once that is written."""
+    send(session, messages.Error(error_code=ErrorCode.PERMISSION_DENIED, message=text))
+    send(session, messages.Disconnect(reason=text))
+    session.finish(text)
+
+
+def _until(duration_seconds: int | None) -> int | None:
+    return None if duration_seconds is None else banlist.now_ms() + duration_seconds * 1000
+
+
+def ban_user(ctx: ServerContext, session: Session, msg) -> None:
+    def answer(text: str, ban_id: int | None = None) -> None:
+        send(session, messages.UserBanned(success=ban_id is not None, ban_id=ban_id or 0, message=text))
+
+    if not _is_admin(session):
+        answer(DENIED)
+        return
+    if msg.user_id is None and not msg.nickname:
+        answer("Must provide either UserID or Nickname")
+        return
+    nickname = msg.nickname
+    if msg.user_id is not None:
+        user = ctx.store.get_user(msg.user_id)
+        if user is None:
+            answer("User not found")
+            return
+        nickname = nickname or user.nickname
+    if msg.user_id == session.user_id or nickname == session.nickname:
+        answer("Cannot ban yourself")
+        return
+    ban = ctx.writer.run(ctx.store.add_user_ban, msg.user_id, nickname, msg.reason, msg.shadowban,
+                         _until(msg.duration_seconds), session.nickname)
+    ctx.bans.reload()
+    target = nickname or f"user_id:{msg.user_id}"
+    _audit(ctx, session, "BAN_USER", f"banned user {target} (ban_id={ban.id}, reason={msg.reason!r}, "
+                                     f"shadowban={msg.shadowban}, {banlist.describe(ban).split('.')[0]})")
+    for other in list(ctx.sessions.by_id.values()):
+        if other is session or not _named(other, msg.user_id, nickname):
+            continue
+        if msg.shadowban:
+            other.shadowbanned = True
+        else:
+            _expel(other, f"You have been banned {banlist.describe(ban)}")
+    answer(f"User {target} banned successfully", ban.id)
+
+
+def _named(session: Session, user_id: int | None, nickname: str | None) -> bool:
+    return (user_id is not None and session.user_id == user_id) or (bool(nickname) and session.nickname == nickname)
+
+
+def ban_ip(ctx: ServerContext, session: Session, msg) -> None:
+    def answer(text: str, ban_id: int | None = None) -> None:
+        send(session, messages.IPBanned(success=ban_id is not None, ban_id=ban_id or 0, message=text))
+
+    if not _is_admin(session):
+        answer(DENIED)
+        return
+    if not msg.ip_cidr.strip():
+        answer("IP/CIDR address required")
+        return
+    try:
+        network = banlist.parse_network(msg.ip_cidr)
+    except ValueError:
+        answer(f"Invalid IP address or CIDR range: {msg.ip_cidr}")
+        return
+    if banlist.address_in(session.host, network):
+        answer("Refusing to ban a range that contains your own address")
+        return
+    ban = ctx.writer.run(ctx.store.add_ip_ban, str(network), msg.reason, _until(msg.duration_seconds), session.nickname)
+    ctx.bans.reload()
+    _audit(ctx, session, "BAN_IP", f"banned IP {network} (ban_id={ban.id}, reason={msg.reason!r}, "
+                                   f"{banlist.describe(ban).split('.')[0]})")
+    for other in list(ctx.sessions.by_id.values()):
+        if banlist.address_in(other.host, network):
+            _expel(other, f"Your address is banned {banlist.describe(ban)}")
+    answer(f"IP {network} banned successfully", ban.id)
+
+
+def unban_user(ctx: ServerContext, session: Session, msg) -> None:
+    def answer(text: str, success: bool = False) -> None:
+        send(session, messages.UserUnbanned(success=success, message=text))
+
+    if not _is_admin(session):
+        answer(DENIED)
+        return
+    if msg.user_id is None and not msg.nickname:
+        answer("Must provide either UserID or Nickname")
+        return
+    removed = ctx.writer.run(ctx.store.remove_user_bans, msg.user_id, msg.nickname, banlist.now_ms())
+    if not removed:
+        answer("No active ban found for this user")
+        return
+    ctx.bans.reload()
+    target = msg.nickname or f"user_id:{msg.user_id}"
+    _audit(ctx, session, "UNBAN_USER", f"unbanned user {target} ({removed} bans removed)")
+    for other in ctx.sessions.by_id.values():
+        if other.shadowbanned and ctx.bans.user_ban(other.user_id, other.nickname) is None:
+            other.shadowbanned = False
+    answer(f"User {target} unbanned successfully ({removed} bans removed)", True)
+
+
+def unban_ip(ctx: ServerContext, session: Session, msg) -> None:
+    def answer(text: str, success: bool = False) -> None:
+        send(session, messages.IPUnbanned(success=success, message=text))
+
+    if not _is_admin(session):
+        answer(DENIED)
+        return
+    if not msg.ip_cidr.strip():
+        answer("IP/CIDR address required")
+        return
+    try:
+        network = banlist.parse_network(msg.ip_cidr)
+    except ValueError:
+        answer(f"Invalid IP address or CIDR range: {msg.ip_cidr}")
+        return
+    removed = ctx.writer.run(ctx.store.remove_ip_bans, str(network), banlist.now_ms())
+    if not removed:
+        answer("No active ban found for this IP")
+        return
+    ctx.bans.reload()
+    _audit(ctx, session, "UNBAN_IP", f"unbanned IP {network} ({removed} bans removed)")
+    answer(f"IP {network} unbanned successfully ({removed} bans removed)", True)
+
+
+def list_bans(ctx: ServerContext, session: Session, msg) -> None:
+    if not _is_admin(session):
+        raise Refused(ErrorCode.PERMISSION_DENIED, DENIED)
+    send(session, messages.BanList(bans=[
+        messages.BanEntry(
+            id=ban.id, type=ban.ban_type, user_id=ban.user_id, nickname=ban.nickname, ip_cidr=ban.ip_cidr,
+            reason=ban.reason, shadowban=ban.shadowban, banned_at=ban.banned_at, banned_until=ban.banned_until,
+            banned_by=ban.banned_by,
+        )
+        for ban in ctx.store.list_bans(msg.include_expired, banlist.now_ms())
+    ]))
+
+
+def delete_user(ctx: ServerContext, session: Session, msg) -> None:
+    def refuse(text: str) -> None:
+        send(session, messages.UserDeleted(success=False, message=text))
+
+    if not _is_admin(session):
+        refuse(DENIED)
+        return
+    if msg.user_id == session.user_id:
+        refuse("Cannot delete your own account")
+        return
+    user = ctx.writer.run(ctx.store.delete_user, msg.user_id)
+    if user is None:
+        refuse("User not found")
+        return
+    _audit(ctx, session, "DELETE_USER", f"deleted user {user.nickname} (user_id={user.id})")
+    expelled = ctx.sessions.sessions_of_user(user.id)
+    for other in expelled:
+        _expel(other, "Your account has been deleted")
+    broadcast(list(ctx.sessions.by_id.values()), messages.UserDeleted(
+        success=True,
+        message=f"User '{user.nickname}' deleted successfully "
+                f"(messages anonymized, {len(expelled)} sessions disconnected)",
+    ))
+
+
+def delete_channel(ctx: ServerContext, session: Session, msg) -> None:
+    def refuse(text: str, channel_id: int = 0) -> None:
+        send(session, messages.ChannelDeleted(success=False, channel_id=channel_id, message=text))
+
+    if not _is_admin(session):
+        refuse(DENIED)
+        return
+    channel = ctx.writer.run(ctx.store.delete_channel, msg.channel_id)
+    if channel is None:
+        refuse("Channel not found", msg.channel_id)
+        return
+    _audit(ctx, session, "DELETE_CHANNEL",
+           f"deleted channel {channel.name} (channel_id={channel.id}, reason={msg.reason!r})")
+    ctx.sessions.forget_channel(channel.id)
+    broadcast(list(ctx.sessions.by_id.values()), messages.ChannelDeleted(
+        success=True, channel_id=channel.id, message=f"Channel '{channel.name}' deleted successfully"
+    ))
+
+
+HANDLERS = {
+    messages.BanUser: ban_user,
+    messages.BanIP: ban_ip,
+    messages.UnbanUser: unban_user,
+    messages.UnbanIP: unban_ip,
+    messages.ListBans: list_bans,
+    messages.DeleteUser: delete_user,
+    messages.DeleteChannel: delete_channel,
+}

@@ -1,0 +1,74 @@
+"""Who is there: user info, the server roster and channel rosters."""
+
+from __future__ import annotations
+
+from ...protocol import ErrorCode, flags, messages
+from ..context import ServerContext
+from ..outbound import Refused, send
+from ..session import Session
+
+DEFAULT_USER_LIMIT = 100
+MAX_USER_LIMIT = 500
+
+
+def get_user_info(ctx: ServerContext, session: Session, msg) -> None:
+    user = ctx.store.get_user_by_nickname(msg.nickname)
+    online = any(other.nickname == msg.nickname for other in ctx.sessions.by_id.values())
+    send(session, messages.UserInfo(
+        nickname=msg.nickname,
+        is_registered=user is not None,
+        user_id=user.id if user else None,
+        online=online,
+    ))
+
+
+def list_users(ctx: ServerContext, session: Session, msg) -> None:
+    limit = min(msg.limit or DEFAULT_USER_LIMIT, MAX_USER_LIMIT)
+    if msg.include_offline:
+        if not (session.user_id is not None and session.user_flags & flags.ADMIN):
+            raise Refused(ErrorCode.PERMISSION_DENIED, "Admin permission required for include_offline")
+        online_ids = {other.user_id for other in ctx.sessions.by_id.values()}
+        users = [
+            messages.UserEntry(nickname=user.nickname, is_registered=True, user_id=user.id,
+                               online=user.id in online_ids)
+            for user in ctx.store.list_users(limit)
+        ]
+    else:
+        users, seen = [], set()
+        # Newest connections first, one entry per nickname.
+        for other in sorted(ctx.sessions.by_id.values(), key=lambda s: s.id, reverse=True):
+            if not other.nickname or other.nickname in seen:
+                continue
+            seen.add(other.nickname)
+            users.append(messages.UserEntry(nickname=other.nickname, is_registered=other.user_id is not None,
+                                            user_id=other.user_id, online=True))
+            if len(users) >= limit:
+                break
+    # Asking for the roster is asking to be kept up to date: SERVER_PRESENCE follows from now on.
+    ctx.sessions.watch_roster(session)
+    send(session, messages.UserList(users=users))
+
+
+def list_channel_users(ctx: ServerContext, session: Session, msg) -> None:
+    if not msg.channel_id or ctx.store.get_channel(msg.channel_id) is None:
+        raise Refused(ErrorCode.CHANNEL_NOT_FOUND, "Channel does not exist")
+    if msg.subchannel_id is not None:
+        raise Refused(ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
+    members = sorted(ctx.sessions.channel_members(msg.channel_id), key=lambda s: s.id)
+    send(session, messages.ChannelUserList(
+        channel_id=msg.channel_id,
+        users=[
+            messages.ChannelUserEntry(session_id=member.id, nickname=member.nickname,
+                                      is_registered=member.user_id is not None, user_id=member.user_id,
+                                      user_flags=member.user_flags)
+            for member in members
+            if member.nickname
+        ],
+    ))
+
+
+HANDLERS = {
+    messages.GetUserInfo: get_user_info,
+    messages.ListUsers: list_users,
+    messages.ListChannelUsers: list_channel_users,
+}
