@@ -17,8 +17,10 @@ class ConnectionClosed(AssertionError):
 
 
 class Client:
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0):
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0, source: str | None = None):
+        """``source`` picks the local address, e.g. another loopback address such as 127.0.0.2."""
+        self.sock = socket.create_connection((host, port), timeout=timeout,
+                                             source_address=(source, 0) if source else None)
         self.timeout = timeout
         self._decoder = FrameDecoder()
         self._frames: deque = deque()
@@ -110,6 +112,19 @@ class Client:
             reply = self.expect(messages.NicknameResponse)
             assert reply.success, reply
         return config
+
+    def register(self, nickname: str, password_hash: str) -> int:
+        """Set ``nickname`` and register it; returns the new user id."""
+        self.send(messages.SetNickname(nickname=nickname))
+        assert self.expect(messages.NicknameResponse).success
+        self.send(messages.RegisterUser(password=password_hash))
+        reply = self.expect(messages.RegisterResponse)
+        assert reply.success, reply
+        return reply.user_id
+
+    def login(self, nickname: str, password_hash: str):
+        self.send(messages.AuthRequest(nickname=nickname, password=password_hash))
+        return self.expect(messages.AuthResponse)
 
     def channel_id(self, name: str) -> int:
         self.send(messages.ListChannels(from_channel_id=0, limit=0))
