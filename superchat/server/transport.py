@@ -6,8 +6,7 @@ import logging
 import socket
 
 from ..observability import metrics
-from ..protocol import PROTOCOL_VERSION, FrameDecoder, FrameError, encode_message, messages
-from ..protocol.errors import ErrorCode
+from ..protocol import PROTOCOL_VERSION, ErrorCode, FrameDecoder, FrameError, encode_message, messages
 from . import presence
 from .bans import describe
 from .context import ServerContext
