@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, StorageError) as exc:
         print(f"scd: cannot start: {exc}", file=sys.stderr)
         return 1
+    logs.flush_pending()  # the start-up lines are in the files before anyone looks
     stopping.wait()
     server.stop()
     return 0

@@ -115,5 +115,16 @@ class ServerProcess:
         except urllib.error.HTTPError as error:
             return error.code, dict(error.headers), error.read()
 
+    def wait_for_log(self, text: str, name: str = "server.log", timeout: float = 5.0) -> str:
+        """The log file once it contains ``text``: lines reach the files within a fraction of a second."""
+        deadline = time.monotonic() + timeout
+        while True:
+            content = self.log_text(name)
+            if text in content:
+                return content
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not in {name} after {timeout} s")
+            time.sleep(0.02)
+
     def log_text(self, name: str = "server.log") -> str:
         return (self.data_dir / name).read_text()

@@ -123,7 +123,7 @@ def test_retention_removes_expired_threads_at_start(start_server):
         client.handshake("ancient")
         assert [e.id for e in listing(client, chat)] == [fresh_chat]  # chat keeps 24 hours
         assert [e.id for e in listing(client, general)] == [old_root]  # forums keep 7 days
-    assert "Cleaned up 1 expired messages" in server.log_text()
+    server.wait_for_log("Cleaned up 1 expired messages")
 
 
 def run_scd(tmp_path, *args, config_text=None):

@@ -87,7 +87,7 @@ def test_nickname_rules(start_server):
         assert client.expect(m.NicknameResponse) == m.NicknameResponse(success=True, message="Nickname set to good_one")
         client.send(m.SetNickname(nickname="other-1"))
         assert client.expect(m.NicknameResponse).message == "Nickname changed to other-1"
-    assert "Session 1 set nickname: good_one" in server.log_text()
+    server.wait_for_log("Session 1 set nickname: good_one")
 
 
 def test_oversized_and_undersized_frames_close_the_connection_after_an_error(connect):
@@ -146,7 +146,7 @@ def test_message_rate_limit_is_enforced_per_session(start_server):
         calm.post(chat, "my own budget")
         fast.send(m.ListMessages(channel_id=chat, limit=10))
         assert "one too many" not in [e.content for e in fast.expect(m.MessageList).messages]
-    assert "rate limit exceeded" in server.log_text()
+    server.wait_for_log("rate limit exceeded")
 
 
 def test_connections_per_address_are_capped(start_server):
@@ -212,4 +212,4 @@ def test_a_reader_that_stops_reading_is_dropped_without_delaying_others(start_se
             for i in range(per_batch):
                 assert reader.expect(m.NewMessage, timeout=20).content.startswith(f"{batch:02d}{i:02d}")
     stalled.close()
-    assert "outbound queue overflow" in server.log_text()
+    server.wait_for_log("outbound queue overflow")

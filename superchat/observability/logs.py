@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import gevent
 import structlog
 from structlog.stdlib import ProcessorFormatter
 from structlog.typing import EventDict
@@ -41,6 +42,7 @@ _TAGS = {"DEBUG": "DEBUG", "INFO": "INFO", "WARNING": "WARN", "ERROR": "ERROR", 
 _ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F)} | {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r"}
 
 _files: list[_LogFile] = []
+_flusher: gevent.Greenlet | None = None
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:
@@ -96,12 +98,27 @@ def _json_fields(_: Any, __: str, event_dict: EventDict) -> EventDict:
     }
 
 
-def _formatter(log_format: str, cls: type[ProcessorFormatter] = ProcessorFormatter) -> ProcessorFormatter:
+class _RenderOnce(ProcessorFormatter):
+    """Renders a record once for all its handlers (console, server.log, errors.log ...): the
+    structlog chain is the costliest step of logging a line, and every handler would repeat it."""
+
+    log_format = "text"
+
+    def format(self, record: logging.LogRecord) -> str:
+        rendered = record.__dict__.get("_superchat_rendered")
+        if rendered is not None and rendered[0] == self.log_format:
+            return rendered[1]
+        line = super().format(record)
+        record._superchat_rendered = (self.log_format, line)
+        return line
+
+
+def _formatter(log_format: str, cls: type[_RenderOnce] = _RenderOnce) -> _RenderOnce:
     if log_format == "json":
         renderer = [_json_fields, structlog.processors.JSONRenderer(ensure_ascii=False)]
     else:
         renderer = [_render_text]
-    return cls(
+    formatter = cls(
         # Records from logging.getLogger() call sites: context comes in through ``extra=``.
         foreign_pre_chain=[structlog.stdlib.ExtraAdder()],
         processors=[
@@ -111,6 +128,8 @@ def _formatter(log_format: str, cls: type[ProcessorFormatter] = ProcessorFormatt
             *renderer,
         ],
     )
+    formatter.log_format = log_format
+    return formatter
 
 
 def _priority(levelno: int) -> int:
@@ -123,7 +142,7 @@ def _priority(levelno: int) -> int:
     return 6 if levelno >= logging.INFO else 7
 
 
-class _JournalFormatter(ProcessorFormatter):
+class _JournalFormatter(_RenderOnce):
     """Prefixes every line with its sd-daemon(3) priority, which journald strips and records,
     so ``journalctl -p err`` works; traceback lines get it too since journald splits on newlines."""
 
@@ -134,8 +153,50 @@ class _JournalFormatter(ProcessorFormatter):
 
 # --- files ---------------------------------------------------------------------------------
 
+# Lines reach the files and the console at most this long after they were logged. Flushing
+# after every record (the logging default) made the one-line-per-post log cost as much as
+# committing the post; warnings and errors are still flushed at once.
+FLUSH_SECONDS = 0.05
+_unflushed: set[logging.StreamHandler] = set()
 
-class _LogFile(logging.FileHandler):
+
+class _BatchedFlush:
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+            return
+        if record.levelno >= logging.WARNING:
+            self.flush()
+        else:
+            _unflushed.add(self)
+
+
+def flush_pending() -> None:
+    """Write out what the handlers hold; called every FLUSH_SECONDS and before reopening."""
+    while _unflushed:
+        handler = _unflushed.pop()
+        try:
+            handler.flush()
+        except (OSError, ValueError):  # a file closed under us: its lines went with it
+            pass
+
+
+def _flush_periodically() -> None:
+    while True:
+        gevent.sleep(FLUSH_SECONDS)
+        flush_pending()
+
+
+class _Console(_BatchedFlush, logging.StreamHandler):
+    pass
+
+
+
+class _LogFile(_BatchedFlush, logging.FileHandler):
     """A log file always written with O_APPEND: after logrotate's copytruncate, writes land at the
     new end of the file instead of leaving a hole of NUL bytes up to the old offset."""
 
@@ -197,11 +258,11 @@ def configure(data_dir: Path, debug: bool = False, log_format: str = "text") -> 
     if debug:
         files.append(_LogFile(data_dir / DEBUG_LOG, logging.DEBUG, formatter))
 
-    console = logging.StreamHandler(sys.stdout)
+    console = _Console(sys.stdout)
     console.setLevel(level)
     # systemd sets JOURNAL_STREAM for a service whose stdout goes to the journal.
     journal = bool(os.environ.get("JOURNAL_STREAM"))
-    console.setFormatter(_formatter(log_format, _JournalFormatter if journal else ProcessorFormatter))
+    console.setFormatter(_formatter(log_format, _JournalFormatter if journal else _RenderOnce))
 
     root = logging.getLogger()
     for handler in root.handlers[:]:
@@ -213,10 +274,14 @@ def configure(data_dir: Path, debug: bool = False, log_format: str = "text") -> 
     root.setLevel(logging.WARNING)
     logging.getLogger("superchat").setLevel(level)
     _files[:] = files
+    global _flusher
+    if _flusher is None:
+        _flusher = gevent.spawn(_flush_periodically)
 
 
 def reopen() -> None:
     """Reopen every log file by name, appending: after logrotate renamed them, writes go to the new files."""
+    flush_pending()
     failed = False
     for handler in _files:
         try:

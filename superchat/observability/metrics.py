@@ -50,13 +50,24 @@ def session_closed() -> None:
     ACTIVE_SESSIONS.dec()
 
 
+# Children by type name: labels() resolves its arguments on every call, and these run per frame.
+_received: dict[str, Counter] = {}
+_sent: dict[str, Counter] = {}
+
+
 def frame_received(type_name: str) -> None:
-    MESSAGES_RECEIVED.labels(type_name).inc()
+    child = _received.get(type_name)
+    if child is None:
+        child = _received[type_name] = MESSAGES_RECEIVED.labels(type_name)
+    child.inc()
 
 
 def frames_sent(type_name: str, count: int = 1) -> None:
     if count:
-        MESSAGES_SENT.labels(type_name).inc(count)
+        child = _sent.get(type_name)
+        if child is None:
+            child = _sent[type_name] = MESSAGES_SENT.labels(type_name)
+        child.inc(count)
 
 
 def message_broadcast(kind: str, channel_id: int, thread_id: int | None, recipients: int, seconds: float) -> None:

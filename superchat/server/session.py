@@ -22,14 +22,16 @@ MAX_PENDING_BYTES = 4 * 1024 * 1024
 class Session:
     """One client connection: identity, joined channel, subscriptions and an outbound queue.
 
-    Sending never blocks the caller: frames are appended to ``_pending`` and a
-    short-lived flusher greenlet writes them while the socket accepts data.
+    Sending never blocks the caller: a frame goes straight to the kernel when the
+    socket has room (the common case, one syscall, no greenlet), otherwise it waits in
+    ``_pending`` for a short-lived flusher greenlet that writes as the socket drains.
     """
 
     __slots__ = (
         "id",
         "address",
         "_socket",
+        "_raw",
         "_pending",
         "_pending_bytes",
         "_flusher",
@@ -52,6 +54,8 @@ class Session:
         self.id = session_id
         self.address = address
         self._socket = sock
+        # gevent's socket wraps a non-blocking OS socket; writing to that directly never yields.
+        self._raw = sock._sock
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
         self._flusher = None
@@ -85,6 +89,17 @@ class Session:
         """Queue one encoded frame; the same bytes object may go to many sessions."""
         if self.closed:
             return
+        if self._flusher is None:
+            try:
+                sent = self._raw.send(frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.close("write failed")
+                return
+            if sent == len(frame):
+                return
+            frame = frame[sent:]
         self._pending.append(frame)
         self._pending_bytes += len(frame)
         if self._pending_bytes > MAX_PENDING_BYTES:
