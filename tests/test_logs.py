@@ -155,6 +155,7 @@ def test_timestamps_are_local_time_with_microseconds(tmp_path):
     server.env_overrides["TZ"] = "IST-5:30"  # POSIX form: no tzdata needed
     try:
         server.start()
+        server.wait_for_log("Server started")
         stamp = LINE.fullmatch(lines(server)[0])[1]
     finally:
         server.kill()

@@ -7,14 +7,29 @@ import time
 
 from ..storage import BanRow, Store
 
+# IPv4-mapped IPv6 addresses are ::ffff:0:0/96.
+_MAPPED_PREFIX = 96
+
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
 def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
-    """An address or CIDR range, IPv4 or IPv6; host bits are allowed (``10.0.0.5/24`` = ``10.0.0.0/24``)."""
-    return ipaddress.ip_network(text.strip(), strict=False)
+    """An address or CIDR range, IPv4 or IPv6; host bits are allowed (``10.0.0.5/24`` = ``10.0.0.0/24``).
+
+    Peers are matched without their IPv6 zone and with IPv4-mapped addresses as IPv4 (see ``address_in``), so
+    ranges are normalised the same way: ``fe80::1%eth0`` is ``fe80::1/128`` and ``::ffff:10.0.0.0/120`` is
+    ``10.0.0.0/24``. Otherwise such a ban would be accepted and then match nobody.
+    """
+    text = text.strip()
+    address, slash, prefix = text.partition("/")
+    network = ipaddress.ip_network(address.split("%", 1)[0] + slash + prefix, strict=False)
+    if network.version == 6 and network.prefixlen >= _MAPPED_PREFIX:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:
+            return ipaddress.ip_network((mapped, network.prefixlen - _MAPPED_PREFIX))
+    return network
 
 
 def address_in(host: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:

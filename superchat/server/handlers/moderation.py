@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ...protocol import ErrorCode, flags, messages
+from ...storage import StorageError
 from .. import bans as banlist
 from ..context import ServerContext
 from ..outbound import Refused, broadcast, send
@@ -13,6 +14,9 @@ from ..session import Session
 log = logging.getLogger("superchat.moderation")
 
 DENIED = "Permission denied: admin access required"
+# Timed bans end within a century; longer ones would not fit the wire's and the database's 64-bit
+# millisecond timestamps for long (and a permanent ban is simply one without a duration).
+MAX_BAN_SECONDS = 100 * 366 * 24 * 3600
 
 
 def _is_admin(session: Session) -> bool:
@@ -20,8 +24,13 @@ def _is_admin(session: Session) -> bool:
 
 
 def _audit(ctx: ServerContext, session: Session, action: str, details: str) -> None:
+    """Log line and audit row. The action has already happened: a failed audit write must not turn its
+    answer into a database error (the admin would retry and ban twice) nor skip its effects."""
     log.info("Admin %s %s", session.nickname, details)
-    ctx.writer.run(ctx.store.log_admin_action, session.user_id, session.nickname, action, details)
+    try:
+        ctx.writer.run(ctx.store.log_admin_action, session.user_id, session.nickname, action, details)
+    except StorageError as exc:
+        log.error("Admin %s: %s not recorded in the audit table: database error: %s", session.nickname, action, exc)
 
 
 def _expel(session: Session, text: str) -> None:
@@ -35,6 +44,25 @@ def _until(duration_seconds: int | None) -> int | None:
     return None if duration_seconds is None else banlist.now_ms() + duration_seconds * 1000
 
 
+def _duration_problem(duration_seconds: int | None) -> str:
+    """Why a ban duration cannot be used, or "" (no duration means a permanent ban)."""
+    if duration_seconds is None:
+        return ""
+    if duration_seconds == 0:
+        return "Ban duration must be at least 1 second (omit it for a permanent ban)"
+    if duration_seconds > MAX_BAN_SECONDS:
+        return f"Ban duration must be at most {MAX_BAN_SECONDS} seconds (omit it for a permanent ban)"
+    return ""
+
+
+def _account_of(ctx: ServerContext, nickname: str | None) -> int | None:
+    """The id of the account registered under ``nickname``, if any."""
+    if not nickname:
+        return None
+    user = ctx.store.get_user_by_nickname(nickname)
+    return None if user is None else user.id
+
+
 def ban_user(ctx: ServerContext, session: Session, msg) -> None:
     def answer(text: str, ban_id: int | None = None) -> None:
         send(session, messages.UserBanned(success=ban_id is not None, ban_id=ban_id or 0, message=text))
@@ -45,24 +73,33 @@ def ban_user(ctx: ServerContext, session: Session, msg) -> None:
     if msg.user_id is None and not msg.nickname:
         answer("Must provide either UserID or Nickname")
         return
-    nickname = msg.nickname
-    if msg.user_id is not None:
-        user = ctx.store.get_user(msg.user_id)
+    problem = _duration_problem(msg.duration_seconds)
+    if problem:
+        answer(problem)
+        return
+    nickname, user_id = msg.nickname, msg.user_id
+    if user_id is not None:
+        user = ctx.store.get_user(user_id)
         if user is None:
             answer("User not found")
             return
         nickname = nickname or user.nickname
-    if msg.user_id == session.user_id or nickname == session.nickname:
+    else:
+        # A ban by nickname also names the account registered under it, so that the ban follows the
+        # account through a rename (a shadowbanned user stays logged in and could rename) and can be
+        # lifted by either identity.
+        user_id = _account_of(ctx, nickname)
+    if user_id == session.user_id or nickname == session.nickname:
         answer("Cannot ban yourself")
         return
-    ban = ctx.writer.run(ctx.store.add_user_ban, msg.user_id, nickname, msg.reason, msg.shadowban,
+    ban = ctx.writer.run(ctx.store.add_user_ban, user_id, nickname, msg.reason, msg.shadowban,
                          _until(msg.duration_seconds), session.nickname)
     ctx.bans.reload()
-    target = nickname or f"user_id:{msg.user_id}"
+    target = nickname or f"user_id:{user_id}"
     _audit(ctx, session, "BAN_USER", f"banned user {target} (ban_id={ban.id}, reason={msg.reason!r}, "
                                      f"shadowban={msg.shadowban}, {banlist.describe(ban).split('.')[0]})")
     for other in list(ctx.sessions.by_id.values()):
-        if other is session or not _named(other, msg.user_id, nickname):
+        if other is session or not _named(other, user_id, nickname):
             continue
         if msg.shadowban:
             other.shadowbanned = True
@@ -90,6 +127,10 @@ def ban_ip(ctx: ServerContext, session: Session, msg) -> None:
     except ValueError:
         answer(f"Invalid IP address or CIDR range: {msg.ip_cidr}")
         return
+    problem = _duration_problem(msg.duration_seconds)
+    if problem:
+        answer(problem)
+        return
     if banlist.address_in(session.host, network):
         answer("Refusing to ban a range that contains your own address")
         return
@@ -113,12 +154,19 @@ def unban_user(ctx: ServerContext, session: Session, msg) -> None:
     if msg.user_id is None and not msg.nickname:
         answer("Must provide either UserID or Nickname")
         return
-    removed = ctx.writer.run(ctx.store.remove_user_bans, msg.user_id, msg.nickname, banlist.now_ms())
+    # Either identity names the account: a ban recorded under its id or its nickname is lifted.
+    nickname, user_id = msg.nickname, msg.user_id
+    if user_id is None:
+        user_id = _account_of(ctx, nickname)
+    elif not nickname:
+        user = ctx.store.get_user(user_id)
+        nickname = None if user is None else user.nickname
+    removed = ctx.writer.run(ctx.store.remove_user_bans, user_id, nickname, banlist.now_ms())
     if not removed:
         answer("No active ban found for this user")
         return
     ctx.bans.reload()
-    target = msg.nickname or f"user_id:{msg.user_id}"
+    target = nickname or f"user_id:{user_id}"
     _audit(ctx, session, "UNBAN_USER", f"unbanned user {target} ({removed} bans removed)")
     for other in ctx.sessions.by_id.values():
         if other.shadowbanned and ctx.bans.user_ban(other.user_id, other.nickname) is None:
@@ -181,7 +229,9 @@ def delete_user(ctx: ServerContext, session: Session, msg) -> None:
     expelled = ctx.sessions.sessions_of_user(user.id)
     for other in expelled:
         _expel(other, "Your account has been deleted")
-    broadcast(list(ctx.sessions.by_id.values()), messages.UserDeleted(
+    # The expelled sessions' last word is their DISCONNECT; everyone else hears of the deletion.
+    audience = [other for other in ctx.sessions.by_id.values() if other not in expelled]
+    broadcast(audience, messages.UserDeleted(
         success=True,
         message=f"User '{user.nickname}' deleted successfully "
                 f"(messages anonymized, {len(expelled)} sessions disconnected)",
@@ -202,9 +252,19 @@ def delete_channel(ctx: ServerContext, session: Session, msg) -> None:
     _audit(ctx, session, "DELETE_CHANNEL",
            f"deleted channel {channel.name} (channel_id={channel.id}, reason={msg.reason!r})")
     ctx.sessions.forget_channel(channel.id)
+    _forget_deleted_threads(ctx)
     broadcast(list(ctx.sessions.by_id.values()), messages.ChannelDeleted(
         success=True, channel_id=channel.id, message=f"Channel '{channel.name}' deleted successfully"
     ))
+
+
+def _forget_deleted_threads(ctx: ServerContext) -> None:
+    """Drop thread subscriptions whose root went with a deleted channel.
+
+    Left in place they would count against the subscriber's thread subscription limit forever.
+    """
+    subscribed = {thread_id for other in ctx.sessions.by_id.values() for thread_id in other.threads}
+    ctx.sessions.forget_threads([thread_id for thread_id in subscribed if ctx.store.get_message(thread_id) is None])
 
 
 HANDLERS = {

@@ -56,10 +56,10 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
     if not session.nickname:
         raise Refused(ErrorCode.AUTH_REQUIRED, "Nickname required. Use SET_NICKNAME first.")
     ban = ctx.bans.user_ban(session.user_id, session.nickname)
-    if ban is not None:
-        if not ban.shadowban:
-            raise Refused(ErrorCode.PERMISSION_DENIED, f"You are banned {describe(ban)}")
-        session.shadowbanned = True
+    if ban is not None and not ban.shadowban:
+        raise Refused(ErrorCode.PERMISSION_DENIED, f"You are banned {describe(ban)}")
+    # Looked up at every post, so a shadowban that expires or is lifted ends here too.
+    session.shadowbanned = ban is not None
     _check_content(ctx, msg.content)
     if msg.subchannel_id is not None:
         raise Refused(ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
