@@ -736,9 +736,6 @@ def test_delete_user(srv, open_client):
     assert entries[root].author_user_id is None  # not re-attributed to the new owner of the nickname
 
 
-@pytest.mark.xfail(strict=True, reason="accounts.auth_request reads the account before the bcrypt check yields and "
-                                       "signs the session in afterwards without reading it again, so a login racing "
-                                       "DELETE_USER ends signed in as the deleted account (bug outside moderation)")
 def test_login_racing_delete_user_does_not_sign_in_the_deleted_account(srv, open_client):
     admin, _ = registered(open_client, srv, ADMIN)
     owner, victim_id = registered(open_client, srv, "victim", source="127.0.0.2")

@@ -7,11 +7,13 @@ threads (the library releases the GIL): a burst of logins never stalls the hub.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import time
 
 import bcrypt
+from gevent.lock import Semaphore
 from gevent.threadpool import ThreadPool
 
 log = logging.getLogger("superchat.accounts")
@@ -19,11 +21,23 @@ log = logging.getLogger("superchat.accounts")
 BCRYPT_COST = 10
 # bcrypt reads at most 72 bytes; longer input is refused rather than silently cut.
 BCRYPT_MAX_INPUT = 72
+# Counted in bytes, as the reference server does: 50 bytes stay well under bcrypt's 72.
 CLIENT_HASH_LENGTHS = range(40, 51)
 # Checked against when a login names no account, so that answer costs as long as a wrong password.
 _NO_ACCOUNT_HASH = "$2b$10$49tvVqrcDrZc4E3Oa45XQu0MPXD4TgUseXUdrilJ2a45sg7ZMeQPS"
 
 _pool = ThreadPool(max(2, os.cpu_count() or 2))
+
+# Held from the check to the write of every change that could leave an account with neither a
+# password nor an SSH key (removing the password, deleting a key). Each check reads the database
+# and the write then waits for the writer thread; without the lock, two sessions of one account
+# (or a removal and a deletion) could both pass their checks and together lock the account out.
+sign_in_methods = Semaphore()
+
+
+def well_formed(client_hash: str) -> bool:
+    """A client hash of acceptable length; characters are not counted, bytes are (bcrypt reads bytes)."""
+    return len(client_hash.encode()) in CLIENT_HASH_LENGTHS
 
 
 def hash_password(client_hash: str) -> str:
@@ -51,7 +65,14 @@ def _check(data: bytes, stored: bytes) -> bool:
 
 
 class LoginThrottle:
-    """Refuses logins from an address for a while after repeated failures."""
+    """Refuses logins from an address for a while after repeated failures.
+
+    IPv6 clients are counted per /64, the block a single host is usually given: counting each
+    address alone would let one machine guess without limit. Entries expire and are swept, so
+    failures from many addresses cannot grow the tables without bound.
+    """
+
+    SWEEP_THRESHOLD = 1024
 
     def __init__(self, max_failures: int = 5, window_seconds: float = 300.0, block_seconds: float = 300.0):
         self._max_failures = max_failures
@@ -59,29 +80,57 @@ class LoginThrottle:
         self._block = block_seconds
         self._failures: dict[str, list[float]] = {}
         self._blocked_until: dict[str, float] = {}
+        self._sweep_at = self.SWEEP_THRESHOLD
+
+    def __len__(self) -> int:
+        """How many addresses are remembered (failing or blocked)."""
+        return len(self._failures) + len(self._blocked_until)
+
+    @staticmethod
+    def source(host: str) -> str:
+        """The unit logins are counted by: the address, or its /64 for IPv6."""
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return host
+        if ip.version == 4:
+            return str(ip)
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
 
     def seconds_blocked(self, host: str) -> int:
         """How long logins from ``host`` stay refused (0 = allowed)."""
-        until = self._blocked_until.get(host)
+        key = self.source(host)
+        until = self._blocked_until.get(key)
         if until is None:
             return 0
         remaining = until - time.monotonic()
         if remaining <= 0:
-            del self._blocked_until[host]
+            del self._blocked_until[key]
             return 0
         return int(remaining) + 1
 
     def failed(self, host: str, nickname: str) -> None:
+        key = self.source(host)
         now = time.monotonic()
-        recent = [t for t in self._failures.get(host, ()) if now - t < self._window]
+        recent = [t for t in self._failures.get(key, ()) if now - t < self._window]
         recent.append(now)
         if len(recent) >= self._max_failures:
-            self._failures.pop(host, None)
-            self._blocked_until[host] = now + self._block
+            self._failures.pop(key, None)
+            self._blocked_until[key] = now + self._block
             log.warning("Login throttled for %s: %d failed attempts (last for %s); refused for %d seconds",
-                        host, len(recent), nickname, int(self._block))
+                        key, len(recent), nickname, int(self._block))
         else:
-            self._failures[host] = recent
+            self._failures[key] = recent
+        if len(self) >= self._sweep_at:
+            self._sweep(now)
 
     def succeeded(self, host: str) -> None:
-        self._failures.pop(host, None)
+        self._failures.pop(self.source(host), None)
+
+    def _sweep(self, now: float) -> None:
+        """Forget expired failures and blocks; the next sweep waits until the tables double."""
+        self._failures = {k: v for k, v in self._failures.items() if now - v[-1] < self._window}
+        self._blocked_until = {k: v for k, v in self._blocked_until.items() if v > now}
+        self._sweep_at = max(self.SWEEP_THRESHOLD, 2 * len(self))

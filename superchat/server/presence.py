@@ -22,18 +22,26 @@ def _identity(session: Session) -> dict:
     }
 
 
-def server_presence(sessions: SessionRegistry, session: Session, online: bool) -> None:
-    if session.nickname and sessions.roster_watchers:
-        broadcast(list(sessions.roster_watchers), messages.ServerPresence(**_identity(session), online=online))
+def server_presence(sessions: SessionRegistry, session: Session, online: bool, to_self: bool = True) -> None:
+    if not session.nickname or not sessions.roster_watchers:
+        return
+    audience = sessions.roster_watchers if to_self else sessions.roster_watchers - {session}
+    if audience:
+        broadcast(list(audience), messages.ServerPresence(**_identity(session), online=online))
 
 
-def channel_presence(sessions: SessionRegistry, session: Session, channel_id: int, joined: bool) -> None:
+def channel_presence(
+    sessions: SessionRegistry, session: Session, channel_id: int, joined: bool, to_self: bool = True
+) -> None:
     if not session.nickname:
         return
     audience = sessions.channel_audience(channel_id)
-    if not joined:
+    if not to_self:
+        audience = audience - {session}
+    elif not joined:
         audience = audience | {session}  # the leaver is no longer a member but learns it left
-    broadcast(audience, messages.ChannelPresence(channel_id=channel_id, **_identity(session), joined=joined))
+    if audience:
+        broadcast(audience, messages.ChannelPresence(channel_id=channel_id, **_identity(session), joined=joined))
 
 
 def identity_changed(sessions: SessionRegistry, session: Session) -> None:
@@ -44,6 +52,8 @@ def identity_changed(sessions: SessionRegistry, session: Session) -> None:
 
 
 def session_ended(sessions: SessionRegistry, session: Session) -> None:
+    """The connection is gone or going: the others learn it, the session itself is told nothing
+    (a client that sent DISCONNECT gets no answer, and a dead one could not read it)."""
     if session.joined_channel is not None:
-        channel_presence(sessions, session, session.joined_channel, False)
-    server_presence(sessions, session, False)
+        channel_presence(sessions, session, session.joined_channel, False, to_self=False)
+    server_presence(sessions, session, False, to_self=False)

@@ -44,6 +44,16 @@ def set_nickname(ctx: ServerContext, session: Session, msg) -> None:
         except NicknameTaken:
             refuse("Nickname already in use")
             return
+        # Admin rights belong to the configured nicknames: a rename gives or takes them at once,
+        # as registering does and as the next start would.
+        admin = nickname in ctx.config.admin_users
+        if bool(session.user_flags & flags.ADMIN) != admin:
+            ctx.writer.run(ctx.store.assign_flag, flags.ADMIN, ctx.config.admin_users)
+            for signed_in in ctx.sessions.sessions_of_user(session.user_id):  # this one and any other
+                others = signed_in.user_flags & ~flags.ADMIN
+                signed_in.user_flags = others | flags.ADMIN if admin else others
+            log.info("User %d is %s an admin after renaming to %s", session.user_id,
+                     "now" if admin else "no longer", nickname)
     session.nickname = nickname
     log.info("Session %d set nickname: %s", session.id, nickname)
     verb = "changed" if changed else "set"
@@ -61,7 +71,7 @@ def register_user(ctx: ServerContext, session: Session, msg) -> None:
     if session.user_id is not None:
         refuse("This session is already registered")
         return
-    if len(msg.password) not in passwords.CLIENT_HASH_LENGTHS:
+    if not passwords.well_formed(msg.password):
         refuse("Invalid password hash format")
         return
     nickname = session.nickname
@@ -96,12 +106,25 @@ def auth_request(ctx: ServerContext, session: Session, msg) -> None:
         refuse("This account requires SSH authentication. Please connect via SSH.")
         return
     # An unknown name fails exactly like a wrong password, in answer and in time.
-    if not passwords.password_matches(msg.password, user.password_hash if user else None):
+    matched = passwords.password_matches(msg.password, user.password_hash if user else None)
+    wait = ctx.logins.seconds_blocked(session.host)
+    if wait:
+        # Other attempts from this address failed while this one was checked: its outcome stays
+        # secret, or parallel connections would get more guesses than the throttle allows.
+        refuse(f"Too many failed login attempts. Try again in {wait} seconds.")
+        return
+    if not matched:
         ctx.logins.failed(session.host, msg.nickname)
         log.info("Session %d: login failed for %s from %s", session.id, msg.nickname, session.host)
         refuse("Invalid credentials")
         return
     ctx.logins.succeeded(session.host)
+    # The check above yielded to other clients; the account may have been deleted, renamed or
+    # given a new password meanwhile, and only the account as it is now may be signed into.
+    current = ctx.store.get_user(user.id)
+    if current is None or current.nickname != user.nickname or current.password_hash != user.password_hash:
+        refuse("Invalid credentials")
+        return
     ban = ctx.bans.user_ban(user.id, user.nickname)
     if ban is not None and not ban.shadowban:
         log.info("Session %d: login refused for banned user %s (id %d)", session.id, user.nickname, user.id)
@@ -149,14 +172,15 @@ def change_password(ctx: ServerContext, session: Session, msg) -> None:
         answer("Incorrect current password")
         return
     if not msg.new_password:
-        if not ctx.store.list_ssh_keys(user.id):
-            answer("Cannot remove password without SSH keys. Add an SSH key first.")
-            return
-        ctx.writer.run(ctx.store.set_password, user.id, "")
+        with passwords.sign_in_methods:
+            if not ctx.store.list_ssh_keys(user.id):
+                answer("Cannot remove password without SSH keys. Add an SSH key first.")
+                return
+            ctx.writer.run(ctx.store.set_password, user.id, "")
         log.info("User %s (id %d) removed their password (SSH-only login)", user.nickname, user.id)
         answer()
         return
-    if len(msg.new_password) not in passwords.CLIENT_HASH_LENGTHS:
+    if not passwords.well_formed(msg.new_password):
         answer("Invalid password hash format")
         return
     ctx.writer.run(ctx.store.set_password, user.id, passwords.hash_password(msg.new_password))

@@ -7,6 +7,7 @@ import logging
 from ...protocol import ErrorCode, messages
 from ...sshkeys import InvalidKey, parse_public_key
 from ...storage import SSHKeyExists
+from .. import passwords
 from ..context import ServerContext
 from ..outbound import Refused, send
 from ..session import Session
@@ -14,6 +15,8 @@ from ..session import Session
 log = logging.getLogger("superchat.accounts")
 
 MAX_LABEL_BYTES = 100
+# Any 32 bytes make a well-formed ed25519 key, so without a cap one account could add rows forever.
+MAX_KEYS_PER_USER = 100
 
 
 def _signed_in(session: Session, action: str) -> int:
@@ -38,6 +41,9 @@ def add_ssh_key(ctx: ServerContext, session: Session, msg) -> None:
         key = parse_public_key(msg.public_key)
     except InvalidKey as exc:
         refuse(f"Invalid SSH public key: {exc}")
+        return
+    if len(ctx.store.list_ssh_keys(user_id)) >= MAX_KEYS_PER_USER:
+        refuse(f"Too many SSH keys (max {MAX_KEYS_PER_USER}); delete one first")
         return
     try:
         row = ctx.writer.run(
@@ -79,18 +85,23 @@ def update_ssh_key_label(ctx: ServerContext, session: Session, msg) -> None:
 
 def delete_ssh_key(ctx: ServerContext, session: Session, msg) -> None:
     user_id = _signed_in(session, "delete SSH key")
+    with passwords.sign_in_methods:  # the last key and the password must not both go
+        problem = _deletion_problem(ctx, user_id, msg.key_id)
+    send(session, messages.SSHKeyDeleted(success=not problem, error_message=problem))
+
+
+def _deletion_problem(ctx: ServerContext, user_id: int, key_id: int) -> str:
+    """Delete the key unless that is refused; returns why it was, or ""."""
     keys = ctx.store.list_ssh_keys(user_id)
     user = ctx.store.get_user(user_id)
-    if not any(key.id == msg.key_id for key in keys):
-        problem = "SSH key not found or does not belong to you"
-    elif len(keys) == 1 and user is not None and not user.password_hash:
-        problem = "Cannot delete last SSH key when no password is set"
-    elif ctx.writer.run(ctx.store.delete_ssh_key, user_id, msg.key_id):
-        log.info("User %d deleted SSH key %d", user_id, msg.key_id)
-        problem = ""
-    else:
-        problem = "SSH key not found or does not belong to you"
-    send(session, messages.SSHKeyDeleted(success=not problem, error_message=problem))
+    if not any(key.id == key_id for key in keys):
+        return "SSH key not found or does not belong to you"
+    if len(keys) == 1 and user is not None and not user.password_hash:
+        return "Cannot delete last SSH key when no password is set"
+    if not ctx.writer.run(ctx.store.delete_ssh_key, user_id, key_id):
+        return "SSH key not found or does not belong to you"
+    log.info("User %d deleted SSH key %d", user_id, key_id)
+    return ""
 
 
 HANDLERS = {
