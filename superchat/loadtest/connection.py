@@ -93,13 +93,14 @@ class Connection:
         self.on_new_message = None
         self.on_pong = None
         self.closed = False
+        self._detached = False
         self._decoder = FrameDecoder()
         self._expected: deque[_Expected] = deque()
         self._last_error: int | None = None
         self._config = AsyncResult()
         # Registered before the reader runs: SERVER_CONFIG is the first frame of every session.
         self._expected.append(_Expected((messages.ServerConfig.TYPE,), self._settle(self._config)))
-        gevent.spawn(self._read)
+        self._reader = gevent.spawn(self._read)
 
     @classmethod
     def open(cls, family: int, address: tuple, source: str | None, timeout: float) -> Connection:
@@ -165,6 +166,20 @@ class Connection:
             self.closed = True
             self.sock.close()
 
+    def detach(self) -> tuple[socket.socket, bytes]:
+        """Stop this connection's reader and leave the socket open, for a caller that reads it itself.
+
+        Returns the operating system's socket under gevent's (non-blocking: read it only when
+        it is ready) and the bytes already read that do not yet make a whole frame. Requests
+        still unanswered fail as closed; ``close()`` still closes the socket.
+        """
+        self._detached = True
+        # The reader only ever waits inside recv, so the kill lands there: nothing read is lost.
+        self._reader.kill()
+        self._abandon(Closed(self._last_error))
+        # Every whole frame was dispatched as it arrived; what is buffered is the start of the next.
+        return self.sock._sock, bytes(self._decoder._buffer)
+
     # -- receiving --
 
     def _read(self) -> None:
@@ -179,12 +194,15 @@ class Connection:
         except (OSError, FrameError):
             pass
         finally:
-            self.close()
-            failure = Closed(self._last_error)
-            while self._expected:
-                entry = self._expected.popleft()
-                if entry.on_reply is not None:
-                    entry.on_reply(failure, 0)
+            if not self._detached:
+                self.close()
+                self._abandon(Closed(self._last_error))
+
+    def _abandon(self, failure: LoadError) -> None:
+        while self._expected:
+            entry = self._expected.popleft()
+            if entry.on_reply is not None:
+                entry.on_reply(failure, 0)
 
     def _dispatch(self, frame, now: int) -> None:
         kind = frame.type

@@ -112,6 +112,16 @@ def _named(session: Session, user_id: int | None, nickname: str | None) -> bool:
     return (user_id is not None and session.user_id == user_id) or (bool(nickname) and session.nickname == nickname)
 
 
+def _requested_network(text: str):
+    """The address or range an admin named, or why it is not one."""
+    if not text.strip():
+        return None, "IP/CIDR address required"
+    try:
+        return banlist.parse_network(text), ""
+    except ValueError:
+        return None, f"Invalid IP address or CIDR range: {text}"
+
+
 def ban_ip(ctx: ServerContext, session: Session, msg) -> None:
     def answer(text: str, ban_id: int | None = None) -> None:
         send(session, messages.IPBanned(success=ban_id is not None, ban_id=ban_id or 0, message=text))
@@ -119,13 +129,9 @@ def ban_ip(ctx: ServerContext, session: Session, msg) -> None:
     if not _is_admin(session):
         answer(DENIED)
         return
-    if not msg.ip_cidr.strip():
-        answer("IP/CIDR address required")
-        return
-    try:
-        network = banlist.parse_network(msg.ip_cidr)
-    except ValueError:
-        answer(f"Invalid IP address or CIDR range: {msg.ip_cidr}")
+    network, problem = _requested_network(msg.ip_cidr)
+    if problem:
+        answer(problem)
         return
     problem = _duration_problem(msg.duration_seconds)
     if problem:
@@ -181,13 +187,9 @@ def unban_ip(ctx: ServerContext, session: Session, msg) -> None:
     if not _is_admin(session):
         answer(DENIED)
         return
-    if not msg.ip_cidr.strip():
-        answer("IP/CIDR address required")
-        return
-    try:
-        network = banlist.parse_network(msg.ip_cidr)
-    except ValueError:
-        answer(f"Invalid IP address or CIDR range: {msg.ip_cidr}")
+    network, problem = _requested_network(msg.ip_cidr)
+    if problem:
+        answer(problem)
         return
     removed = ctx.writer.run(ctx.store.remove_ip_bans, str(network), banlist.now_ms())
     if not removed:
