@@ -527,14 +527,17 @@ class Store:
     def get_channel(self, channel_id: int) -> ChannelRow | None:
         return self._channels().get(channel_id)
 
-    @_storage_errors()
     def _channels(self) -> dict[int, ChannelRow]:
         """Every channel by id, in name order. Channels change rarely and every post looks one up,
         so they are read once per change: writes bump ``_channels_version`` after their commit."""
-        version = self._channels_version
         cached = self._channel_cache
-        if cached is not None and cached[0] == version:
+        if cached is not None and cached[0] == self._channels_version:
             return cached[1]
+        return self._read_channels()
+
+    @_storage_errors()
+    def _read_channels(self) -> dict[int, ChannelRow]:
+        version = self._channels_version
         query = _Channel.select(*_CHANNEL_COLUMNS).order_by(_Channel.name)
         channels = {row[0]: ChannelRow(*row) for row in _rows(query, self._reader)}
         # A write committed while this read ran leaves the version moved on: the next call reads again.
@@ -759,36 +762,61 @@ class Store:
     @_storage_errors()
     def post_messages(self, posts: Sequence[NewPost]) -> list[MessageRow | PostRejected]:
         """Store a batch in one transaction (one fsync); results follow the input order."""
-        results: list[MessageRow | PostRejected] = []
-        now = _now_ms()
-        with self._writer.atomic():
-            channels: dict[int, bool] = {}
-            for post in posts:
-                results.append(self._insert_post(post, now, channels))
+        results = self.insert_posts(posts)
+        self.commit_posts()
         return results
 
-    def _insert_post(self, post: NewPost, now: int, channels: dict[int, bool]) -> MessageRow | PostRejected:
-        # Literal SQL on this per-post path: building the equivalent peewee queries took longer
-        # than SQLite took to run them (profiled under the throughput load test).
-        db = self._writer
+    @_storage_errors()
+    def insert_posts(self, posts: Sequence[NewPost]) -> list[MessageRow | PostRejected]:
+        """Insert a batch in a new write transaction, left open for ``commit_posts``.
+
+        Inserting is quick work in SQLite's page cache and the commit is what waits for the
+        disk, so the two can run on different threads. On failure the transaction is gone.
+        """
+        db = self._writer.connection()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            now = _now_ms()
+            channels: dict[int, bool] = {}
+            return [self._insert_post(db, post, now, channels) for post in posts]
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    @_storage_errors()
+    def commit_posts(self) -> None:
+        db = self._writer.connection()
+        try:
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    def _insert_post(db: sqlite3.Connection, post: NewPost, now: int, channels: dict[int, bool]
+                     ) -> MessageRow | PostRejected:
+        # Literal SQL on the bare sqlite3 connection on this per-post path: building the equivalent
+        # peewee queries took longer than SQLite took to run them (profiled under the throughput
+        # load test).
         if post.channel_id not in channels:
-            channels[post.channel_id] = db.execute_sql(_SQL_CHANNEL_EXISTS, (post.channel_id,)).fetchone() is not None
+            channels[post.channel_id] = db.execute(_SQL_CHANNEL_EXISTS, (post.channel_id,)).fetchone() is not None
         if not channels[post.channel_id]:
             return PostRejected.NO_CHANNEL
         thread_root_id = None
         if post.parent_id is not None:
-            parent = db.execute_sql(_SQL_PARENT_THREAD, (post.parent_id, post.channel_id)).fetchone()
+            parent = db.execute(_SQL_PARENT_THREAD, (post.parent_id, post.channel_id)).fetchone()
             if parent is None:
                 return PostRejected.NO_PARENT
             thread_root_id = parent[0]
-        cursor = db.execute_sql(_SQL_INSERT_MESSAGE, (
+        cursor = db.execute(_SQL_INSERT_MESSAGE, (
             post.channel_id, post.subchannel_id, post.parent_id, thread_root_id,
             post.author_user_id, post.author_nickname, post.content, now,
         ))
         message_id = cursor.lastrowid
         if thread_root_id is None:
             thread_root_id = message_id
-            db.execute_sql(_SQL_ROOT_OF_ITSELF, (message_id,))
+            db.execute(_SQL_ROOT_OF_ITSELF, (message_id,))
         return MessageRow(
             message_id,
             post.channel_id,

@@ -103,7 +103,9 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
     if session.shadowbanned:
         # Seen only by its author and the admins: the author notices nothing.
         audience = [s for s in audience if s is session or _is_admin(s)]
-    recipients = broadcast(list(audience), _entries(ctx, [stored], messages.NewMessage)[0])
+    recipients = 0
+    if audience:
+        recipients = broadcast(list(audience), _entries(ctx, [stored], messages.NewMessage)[0])
     metrics.message_broadcast(kind, stored.channel_id, thread_id, recipients, time.perf_counter() - started)
 
 
