@@ -46,7 +46,9 @@ IN_NAMESPACE_FLAG = "--in-namespace"
 
 # 50 loopback source addresses: 10,000 sessions are 200 per address, under scd's cap of 255.
 SOURCE_ADDRESSES = "127.0.0.1-127.0.0.50"
-SCD_LIMITS = {"SUPERCHAT_LIMITS_MAX_CONNECTIONS_PER_IP": "255", "SUPERCHAT_LIMITS_MESSAGE_RATE_LIMIT": "65535"}
+# The load is TCP only: the WebSocket and SSH ports stay shut, so nothing else can be listening there.
+SCD_LIMITS = {"SUPERCHAT_LIMITS_MAX_CONNECTIONS_PER_IP": "255", "SUPERCHAT_LIMITS_MESSAGE_RATE_LIMIT": "65535",
+              "SUPERCHAT_SERVER_HTTP_PORT": "0", "SUPERCHAT_SERVER_SSH_PORT": "0"}
 # Inside the namespace the ports are free for certain; the upstream server's metrics port is fixed.
 SCD_PORT, SCD_METRICS_PORT = 7000, 7090
 UPSTREAM_PORT, UPSTREAM_METRICS_PORT = 7001, 9090

@@ -20,11 +20,12 @@ from typing import Any, NoReturn
 
 from . import __version__
 
-__all__ = ["Config", "ConfigError", "SeedChannel", "default_file_text", "load_config"]
+__all__ = ["Config", "ConfigError", "SeedChannel", "default_file_text", "directory_address", "load_config"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "~/.superchat/config.toml"
+DEFAULT_DIRECTORY_PORT = 6465
 
 
 class ConfigError(Exception):
@@ -71,6 +72,8 @@ class Config:
     server_name: str
     server_description: str
     max_users: int
+    heartbeat_interval_seconds: int
+    health_check_interval_seconds: int
     # [observability]
     metrics_port: int
     metrics_bind: str
@@ -184,6 +187,37 @@ def _check_channels(value: Any) -> tuple[SeedChannel, ...]:
     return tuple(channels)
 
 
+def directory_address(text: str) -> tuple[str, int]:
+    """An --announce-to entry as (host, port): ``host``, ``host:port``, ``[ipv6]`` or ``[ipv6]:port``,
+    the port 6465 when left out. Raises ValueError naming the problem."""
+    host, port = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest and not rest.startswith(":"):
+            raise _Invalid(f"expected [ipv6]:port, got {text!r}")
+        port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host:
+        raise _Invalid(f"missing host in {text!r}")
+    if not port:
+        return host, DEFAULT_DIRECTORY_PORT
+    number = _parse_int(port)
+    if not 1 <= number <= _U16:
+        raise _Invalid(f"port must be between 1 and {_U16}, got {number}")
+    return host, number
+
+
+def _announce_to(text: str) -> tuple[str, ...]:
+    entries = _parse_names(text)
+    for entry in entries:
+        try:
+            directory_address(entry)
+        except _Invalid as e:
+            raise ConfigError(f"--announce-to: {e}") from None
+    return entries
+
+
 def _no_text(text: str) -> NoReturn:
     raise AssertionError("seed_channels has no string form")
 
@@ -268,6 +302,15 @@ _KEYS: tuple[_Key, ...] = (
     _Key("discovery", "server_name", STR, "SuperChat Server", "Name shown in server lists."),
     _Key("discovery", "server_description", STR, "A SuperChat community server", "Server list description."),
     _Key("discovery", "max_users", INT, 0, "Capacity shown in server lists (0 = unlimited).", 0, 2**32 - 1),
+    _Key(
+        "discovery", "heartbeat_interval_seconds", INT, 300,
+        "Seconds between the heartbeats this directory asks listed servers for; "
+        "a server silent for 3 intervals is dropped.", 1, 2**32 - 1,
+    ),
+    _Key(
+        "discovery", "health_check_interval_seconds", INT, 300,
+        "Seconds between this directory's reachability checks of each listed server.", 1,
+    ),
     # Metrics and profiling expose internals: they listen on loopback unless told otherwise.
     _Key("observability", "metrics_port", INT, 9090, "Port of /metrics and /health (0 = any free port).", 0, _U16),
     _Key("observability", "metrics_bind", STR, "127.0.0.1", "Address of the metrics server; keep it internal."),
@@ -416,7 +459,7 @@ def _parser() -> _Parser:
     p.add_argument("--disable-directory", action="store_true",
                    help="do not accept server registrations (directory_enabled = false)")
     p.add_argument("--announce-to", metavar="HOST:PORT,...", default="",
-                   help="comma-separated directory servers to announce this server to")
+                   help="comma-separated directory servers to announce this server to (port 6465 if left out)")
     p.add_argument("--server-name", metavar="NAME", help="name in server lists (overrides server_name)")
     p.add_argument("--server-description", metavar="TEXT",
                    help="description in server lists (overrides server_description)")
@@ -486,5 +529,5 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config | Non
         config_path=config_path,
         data_dir=data_dir,
         debug=args.debug,
-        announce_to=_parse_names(args.announce_to),
+        announce_to=_announce_to(args.announce_to),
     )

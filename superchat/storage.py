@@ -107,6 +107,25 @@ class BanRow:
 
 
 @dataclass(frozen=True)
+class DiscoveredServerRow:
+    """A server listed by this directory."""
+
+    id: int
+    hostname: str
+    port: int
+    name: str
+    description: str
+    user_count: int
+    max_users: int
+    uptime_seconds: int
+    is_public: bool
+    channel_count: int
+    last_seen: int  # the last heartbeat or passed health check, in ms
+    source_ip: str  # the address the registration came from
+    created_at: int
+
+
+@dataclass(frozen=True)
 class NewPost:
     channel_id: int
     subchannel_id: int | None
@@ -246,6 +265,26 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # Anonymising a deleted account's messages must not read the whole Message table.
         "CREATE INDEX idx_message_author ON Message(author_user_id) WHERE author_user_id IS NOT NULL",
     ),
+    (
+        """CREATE TABLE DiscoveredServer (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            hostname TEXT NOT NULL,
+            port INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            description TEXT NOT NULL,
+            user_count INTEGER NOT NULL,
+            max_users INTEGER NOT NULL,
+            uptime_seconds INTEGER NOT NULL,
+            is_public INTEGER NOT NULL,
+            channel_count INTEGER NOT NULL,
+            last_seen INTEGER NOT NULL,
+            source_ip TEXT NOT NULL,
+            created_at INTEGER NOT NULL,
+            UNIQUE (hostname, port)
+        )""",
+        # The list is read newest first, and stale servers are found by age.
+        "CREATE INDEX idx_discovered_server_last_seen ON DiscoveredServer(last_seen)",
+    ),
 )
 
 
@@ -361,6 +400,25 @@ class _ReadState(_Model):
         primary_key = peewee.CompositeKey("user_id", "channel_id", "subchannel_key")
 
 
+class _DiscoveredServer(_Model):
+    id = peewee.AutoField()
+    hostname = peewee.TextField()
+    port = peewee.IntegerField()
+    name = peewee.TextField()
+    description = peewee.TextField()
+    user_count = peewee.IntegerField()
+    max_users = peewee.IntegerField()
+    uptime_seconds = peewee.IntegerField()
+    is_public = peewee.BooleanField()
+    channel_count = peewee.IntegerField()
+    last_seen = peewee.IntegerField()
+    source_ip = peewee.TextField()
+    created_at = peewee.IntegerField()
+
+    class Meta:
+        table_name = "DiscoveredServer"
+
+
 _CHANNEL_COLUMNS = (
     _Channel.id,
     _Channel.name,
@@ -416,6 +474,21 @@ _BAN_COLUMNS = (
     _Ban.banned_until,
     _Ban.banned_by,
 )
+_DISCOVERED_SERVER_COLUMNS = (
+    _DiscoveredServer.id,
+    _DiscoveredServer.hostname,
+    _DiscoveredServer.port,
+    _DiscoveredServer.name,
+    _DiscoveredServer.description,
+    _DiscoveredServer.user_count,
+    _DiscoveredServer.max_users,
+    _DiscoveredServer.uptime_seconds,
+    _DiscoveredServer.is_public,
+    _DiscoveredServer.channel_count,
+    _DiscoveredServer.last_seen,
+    _DiscoveredServer.source_ip,
+    _DiscoveredServer.created_at,
+)
 
 
 def _reply_count() -> peewee.Select:
@@ -450,6 +523,10 @@ def _user_ban_matches(user_id: int | None, nickname: str | None) -> peewee.Expre
     if not matches:
         return None
     return (_Ban.ban_type == "user") & reduce(operator.or_, matches)
+
+
+def _server_at(hostname: str, port: int) -> peewee.Expression:
+    return (_DiscoveredServer.hostname == hostname) & (_DiscoveredServer.port == port)
 
 
 def _now_ms() -> int:
@@ -680,6 +757,20 @@ class Store:
             (_Message.thread_root_id == thread_id) & (_Message.created_at > since_ms) & _Message.deleted_at.is_null()
         )
         return _rows(query, self._reader)[0][0]
+
+    @_storage_errors()
+    def list_discovered_servers(self, limit: int | None, seen_since_ms: int) -> list[DiscoveredServerRow]:
+        """Servers heard from at ``seen_since_ms`` or later, the most recently heard from first;
+        a limit of None lists them all."""
+        if limit is not None and limit <= 0:
+            return []
+        query = (
+            _DiscoveredServer.select(*_DISCOVERED_SERVER_COLUMNS)
+            .where(_DiscoveredServer.last_seen >= seen_since_ms)
+            .order_by(_DiscoveredServer.last_seen.desc(), _DiscoveredServer.id.desc())
+            .limit(limit)
+        )
+        return [DiscoveredServerRow(*row) for row in _rows(query, self._reader)]
 
     def database_problem(self, timeout_seconds: float) -> str | None:
         """What is wrong with the database file, or None: a real query on a fresh connection.
@@ -1044,6 +1135,80 @@ class Store:
             conflict_target=[_ReadState.user_id, _ReadState.channel_id, _ReadState.subchannel_key],
             update={_ReadState.last_read_at: EXCLUDED.last_read_at},
         ).execute(self._writer)
+
+    @_storage_errors()
+    def register_server(
+        self,
+        hostname: str,
+        port: int,
+        name: str,
+        description: str,
+        max_users: int,
+        is_public: bool,
+        channel_count: int,
+        source_ip: str,
+        now_ms: int,
+    ) -> None:
+        """List a verified server, or refresh its listing; the live figures of an already listed
+        server (users, uptime) stay as its last heartbeat reported them."""
+        _DiscoveredServer.insert(
+            hostname=hostname,
+            port=port,
+            name=name,
+            description=description,
+            user_count=0,
+            max_users=max_users,
+            uptime_seconds=0,
+            is_public=is_public,
+            channel_count=channel_count,
+            last_seen=now_ms,
+            source_ip=source_ip,
+            created_at=now_ms,
+        ).on_conflict(
+            conflict_target=[_DiscoveredServer.hostname, _DiscoveredServer.port],
+            update={
+                column: getattr(EXCLUDED, column.name)
+                for column in (
+                    _DiscoveredServer.name,
+                    _DiscoveredServer.description,
+                    _DiscoveredServer.max_users,
+                    _DiscoveredServer.is_public,
+                    _DiscoveredServer.channel_count,
+                    _DiscoveredServer.last_seen,
+                    _DiscoveredServer.source_ip,
+                )
+            },
+        ).execute(self._writer)
+
+    @_storage_errors()
+    def record_heartbeat(
+        self, hostname: str, port: int, user_count: int, uptime_seconds: int, channel_count: int, now_ms: int
+    ) -> bool:
+        """False when the server is not listed."""
+        query = _DiscoveredServer.update(
+            user_count=user_count, uptime_seconds=uptime_seconds, channel_count=channel_count, last_seen=now_ms
+        ).where(_server_at(hostname, port))
+        return query.execute(self._writer) > 0
+
+    @_storage_errors()
+    def mark_server_seen(self, hostname: str, port: int, now_ms: int) -> bool:
+        """A passed health check: the server stays listed. False when it is not listed."""
+        query = _DiscoveredServer.update(last_seen=now_ms).where(_server_at(hostname, port))
+        return query.execute(self._writer) > 0
+
+    @_storage_errors()
+    def remove_server(self, hostname: str, port: int) -> bool:
+        return _DiscoveredServer.delete().where(_server_at(hostname, port)).execute(self._writer) > 0
+
+    @_storage_errors()
+    def remove_stale_servers(self, seen_before_ms: int) -> list[DiscoveredServerRow]:
+        """Remove the servers last heard from before ``seen_before_ms``; returns them."""
+        stale = _DiscoveredServer.last_seen < seen_before_ms
+        with self._writer.atomic():
+            rows = _rows(_DiscoveredServer.select(*_DISCOVERED_SERVER_COLUMNS).where(stale), self._writer)
+            if rows:
+                _DiscoveredServer.delete().where(stale).execute(self._writer)
+        return [DiscoveredServerRow(*row) for row in rows]
 
     # -- shared by both connections ----------------------------------------------------------
 

@@ -17,10 +17,12 @@ class ConnectionClosed(AssertionError):
 
 
 class Client:
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0, source: str | None = None):
-        """``source`` picks the local address, e.g. another loopback address such as 127.0.0.2."""
-        self.sock = socket.create_connection((host, port), timeout=timeout,
-                                             source_address=(source, 0) if source else None)
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0, source: str | None = None,
+                 sock=None):
+        """``source`` picks the local address, e.g. another loopback address such as 127.0.0.2;
+        ``sock`` is an already connected stream (e.g. a WebSocket or SSH channel) to use instead."""
+        self.sock = sock or socket.create_connection((host, port), timeout=timeout,
+                                                     source_address=(source, 0) if source else None)
         self.timeout = timeout
         self._decoder = FrameDecoder()
         self._frames: deque = deque()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +20,15 @@ REPO = Path(__file__).resolve().parent.parent
 SCD = REPO / "bin" / "scd"
 STARTED = re.compile(r"Server started on port (\d+)")
 # "Metrics server listening on 127.0.0.1:41234 ...", "Profiling server listening on ..."
-SIDE_LISTENER = re.compile(r"(Metrics|Profiling) server listening on \S+:(\d+)")
+SIDE_LISTENER = re.compile(r"(Metrics|Profiling|WebSocket|SSH) server listening on \S+:(\d+)")
+PORT_ATTRIBUTES = {"Metrics": "metrics_port", "Profiling": "pprof_port", "WebSocket": "http_port", "SSH": "ssh_port"}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now, for listeners whose port 0 means "off" (http, ssh)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
 
 
 def isolated_env(root: Path) -> dict:
@@ -44,12 +53,15 @@ class ServerProcess:
         self.port = 0
         self.metrics_port = 0
         self.pprof_port = 0
+        self.http_port = 0
+        self.ssh_port = 0
         self.output: list[str] = []
 
     def write_config(self, settings: dict) -> None:
-        # Every listener on loopback and an ephemeral port, so tests never collide.
+        # Every listener on loopback and an ephemeral port, so tests never collide; the WebSocket
+        # and SSH ports (where 0 means off) only when a test asks for them.
         document: dict = {
-            "server": {"bind_address": "127.0.0.1", "tcp_port": 0},
+            "server": {"bind_address": "127.0.0.1", "tcp_port": 0, "http_port": 0, "ssh_port": 0},
             "observability": {"metrics_bind": "127.0.0.1", "metrics_port": 0,
                               "pprof_bind": "127.0.0.1", "pprof_port": 0},
         }
@@ -77,7 +89,7 @@ class ServerProcess:
                 self.output.append(line.rstrip("\n"))
                 side = SIDE_LISTENER.search(line)
                 if side:
-                    setattr(self, "metrics_port" if side.group(1) == "Metrics" else "pprof_port", int(side.group(2)))
+                    setattr(self, PORT_ATTRIBUTES[side.group(1)], int(side.group(2)))
                 match = STARTED.search(line)
                 if match:
                     self.port = int(match.group(1))

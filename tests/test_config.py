@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from superchat import __version__
-from superchat.config import Config, ConfigError, SeedChannel, load_config
+from superchat.config import Config, ConfigError, SeedChannel, directory_address, load_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "conf" / "config.example.toml"
 
@@ -498,3 +498,67 @@ def test_bad_env_value(home, var, value, expected):
 )
 def test_bad_flags(home, argv, expected):
     assert config_error(load, home, *argv) == expected
+
+
+# --- discovery intervals and directories to announce to -------------------------------------------
+
+
+def test_discovery_interval_defaults(home):
+    c = load(home)
+    assert (c.heartbeat_interval_seconds, c.health_check_interval_seconds) == (300, 300)
+
+
+def test_discovery_intervals_from_file_and_environment(home, cfg_file):
+    text = "[discovery]\nheartbeat_interval_seconds = 60\nhealth_check_interval_seconds = 30\n"
+    c = load_file(home, cfg_file, text)
+    assert (c.heartbeat_interval_seconds, c.health_check_interval_seconds) == (60, 30)
+    c = load_file(home, cfg_file, text, SUPERCHAT_DISCOVERY_HEARTBEAT_INTERVAL_SECONDS="1",
+                  SUPERCHAT_DISCOVERY_HEALTH_CHECK_INTERVAL_SECONDS="2")
+    assert (c.heartbeat_interval_seconds, c.health_check_interval_seconds) == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "expected"),
+    [
+        ("SUPERCHAT_DISCOVERY_HEARTBEAT_INTERVAL_SECONDS", "0", "must be between 1 and 4294967295, got 0"),
+        ("SUPERCHAT_DISCOVERY_HEARTBEAT_INTERVAL_SECONDS", "4294967296", "must be between 1 and 4294967295"),
+        ("SUPERCHAT_DISCOVERY_HEALTH_CHECK_INTERVAL_SECONDS", "0", "must be at least 1, got 0"),
+        ("SUPERCHAT_DISCOVERY_HEALTH_CHECK_INTERVAL_SECONDS", "soon", "expected an integer, got 'soon'"),
+    ],
+)
+def test_bad_discovery_intervals(home, var, value, expected):
+    assert config_error(load, home, **{var: value}).startswith(f"{var}: {expected}")
+
+
+def test_bad_discovery_interval_in_file(home, cfg_file):
+    message = config_error(load_file, home, cfg_file, "[discovery]\nhealth_check_interval_seconds = 0\n")
+    assert message == f"{cfg_file}: discovery.health_check_interval_seconds: must be at least 1, got 0"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("superchat.win", ("superchat.win", 6465)),
+        ("superchat.win:7000", ("superchat.win", 7000)),
+        ("10.0.0.1:1", ("10.0.0.1", 1)),
+        ("[2001:db8::1]:7000", ("2001:db8::1", 7000)),
+        ("[2001:db8::1]", ("2001:db8::1", 6465)),
+        ("2001:db8::1", ("2001:db8::1", 6465)),
+    ],
+)
+def test_directory_addresses(text, expected):
+    assert directory_address(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("dir.example:http", "--announce-to: expected an integer, got 'http'"),
+        ("dir.example:0", "--announce-to: port must be between 1 and 65535, got 0"),
+        ("ok.example, dir.example:65536", "--announce-to: port must be between 1 and 65535, got 65536"),
+        (":6465", "--announce-to: missing host in ':6465'"),
+        ("[::1]x", "--announce-to: expected [ipv6]:port, got '[::1]x'"),
+    ],
+)
+def test_bad_announce_to_flag(home, value, expected):
+    assert config_error(load, home, "--announce-to", value) == expected

@@ -26,19 +26,6 @@ def test_unknown_unimplemented_and_server_types_get_1001(connect, code):
     still_serving(client)
 
 
-@pytest.mark.parametrize("msg", [
-    m.ListServers(limit=10),
-    m.RegisterServer(hostname="example.org", port=6465, name="x", description="y"),
-    m.Heartbeat(hostname="example.org", port=6465),
-    m.VerifyResponse(challenge=1),
-], ids=lambda msg: msg.NAME)
-def test_types_of_later_features_are_refused_as_unsupported(connect, msg):
-    client = connect("early")
-    client.send(msg)
-    client.expect_error(1001)
-    still_serving(client)
-
-
 def test_truncated_and_garbage_payloads_get_1000(connect):
     client = connect("garbler")
     general = client.channel_id("general")

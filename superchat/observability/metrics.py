@@ -40,20 +40,36 @@ BROADCAST_FANOUT = Histogram(
 BROADCAST_DURATION = Histogram(
     "superchat_broadcast_duration_seconds", "Time to broadcast a message to all subscribers", ["type"]
 )
+# The guide's session metrics carry no labels; these say which way the sessions came in.
+TRANSPORTS = ("tcp", "websocket", "ssh")
+TRANSPORT_SESSIONS = Gauge("superchat_transport_sessions", "Active sessions by transport", ["transport"])
+TRANSPORT_CONNECTIONS = Counter(
+    "superchat_transport_connections", "Connections accepted by transport, refused ones included", ["transport"]
+)
+for _transport in TRANSPORTS:  # every series exists from the start, at zero
+    TRANSPORT_SESSIONS.labels(_transport)
+    TRANSPORT_CONNECTIONS.labels(_transport)
 GREENLETS = Gauge(
     "superchat_greenlets", "Live greenlets, the counterpart of go_goroutines: a steady rise means a leak"
 )
 GREENLETS.set_function(lambda: sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet)))
 
 
-def session_opened() -> None:
+def connection_opened(transport: str) -> None:
+    """A client reached the server over ``transport`` (tcp, websocket or ssh), refused or not."""
+    TRANSPORT_CONNECTIONS.labels(transport).inc()
+
+
+def session_opened(transport: str) -> None:
     SESSIONS_CREATED.inc()
     ACTIVE_SESSIONS.inc()
+    TRANSPORT_SESSIONS.labels(transport).inc()
 
 
-def session_closed() -> None:
+def session_closed(transport: str) -> None:
     SESSIONS_DISCONNECTED.inc()
     ACTIVE_SESSIONS.dec()
+    TRANSPORT_SESSIONS.labels(transport).dec()
 
 
 # Children by type name: labels() resolves its arguments on every call, and these run per frame.

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from pathlib import Path
 
 import gevent
 from gevent.pool import Pool
@@ -18,10 +20,13 @@ from ..protocol import flags, messages
 from ..storage import Store
 from .bans import BanList
 from .context import ServerContext
+from .directory import Directory
 from .outbound import broadcast
 from .passwords import LoginThrottle
 from .session import SessionRegistry
-from .transport import ConnectionHandler
+from .ssh import SshHandler, load_host_key
+from .transport import SessionRunner, TcpHandler
+from .websocket import PublicHttpHandler
 from .writer import Writer
 
 log = logging.getLogger("superchat.server")
@@ -50,12 +55,13 @@ class Server:
             bans=BanList(store),
             logins=LoginThrottle(),
         )
-        self._listener = StreamServer(
-            (config.bind_address, config.tcp_port),
-            ConnectionHandler(self.ctx),
-            backlog=ACCEPT_BACKLOG,
-            spawn=Pool(),  # tracked, so stop() can wait for every connection to wind down
-        )
+        self.directory = Directory(self.ctx, lambda: self.port, time.monotonic())
+        # Handlers reach the directory through the context, which it is itself built from.
+        self.ctx = dataclasses.replace(self.ctx, directory=self.directory)
+        self.runner = SessionRunner(self.ctx)
+        self._listener = self._client_listener(config.tcp_port, TcpHandler(self.runner))
+        # The same sessions by WebSocket and SSH, on ports of their own (0 turns one off).
+        self._side_listeners: list[tuple[str, StreamServer]] = []
         health = Health(lambda: len(self.ctx.sessions), store.database_problem, config.directory_enabled)
         self._metrics_http = WSGIServer(
             (config.metrics_bind, config.metrics_port), metrics_app(health), log=None, error_log=log
@@ -64,6 +70,27 @@ class Server:
             (config.pprof_bind, config.pprof_port), profiling_app, log=None, error_log=log
         )
         self._background: list[gevent.Greenlet] = []
+
+    def _client_listener(self, port: int, handler) -> StreamServer:
+        return StreamServer(
+            (self.config.bind_address, port),
+            handler,
+            backlog=ACCEPT_BACKLOG,
+            spawn=Pool(),  # tracked, so stop() can wait for every connection to wind down
+        )
+
+    def _open_side_listeners(self) -> list[tuple[str, StreamServer]]:
+        config = self.config
+        listeners = []
+        if config.http_port:
+            servers_json = self.directory.servers_json if config.directory_enabled else None
+            handler = PublicHttpHandler(self.runner, servers_json)
+            listeners.append(("WebSocket server", self._client_listener(config.http_port, handler)))
+        if config.ssh_port:
+            host_key = load_host_key(Path(config.ssh_host_key))
+            handler = SshHandler(self.ctx, self.runner, host_key)
+            listeners.append(("SSH server", self._client_listener(config.ssh_port, handler)))
+        return listeners
 
     @property
     def port(self) -> int:
@@ -79,10 +106,15 @@ class Server:
         self._profiling_http.start()
         log.info("Profiling server listening on %s:%d (/debug/pprof/) - INTERNAL ONLY",
                  self.config.pprof_bind, self._profiling_http.server_port)
+        self._side_listeners = self._open_side_listeners()
+        for name, listener in self._side_listeners:
+            listener.start()
+            log.info("%s listening on %s:%d", name, self.config.bind_address, listener.server_port)
         self._listener.start()
         log.info("Server started on port %d", self.port)
         log.info("Database: %s", self.config.database_path)
         self._background.append(gevent.spawn(self._retention_loop))
+        self.directory.start()  # after the listener: announcements name the port it really got
 
     def _retention_loop(self) -> None:
         interval = self.config.cleanup_interval_minutes * 60
@@ -106,7 +138,10 @@ class Server:
         """Stop accepting, tell every client, let in-flight writes finish, close the database."""
         log.info("Graceful shutdown initiated")
         self._listener.close()
+        for _, listener in self._side_listeners:
+            listener.close()
         gevent.killall(self._background)
+        self.directory.stop()
         sessions = list(self.ctx.sessions.by_id.values())
         broadcast(sessions, messages.Disconnect(reason="Server shutting down"))
         deadline = time.monotonic() + SHUTDOWN_DRAIN_SECONDS
@@ -117,6 +152,8 @@ class Server:
         for session in sessions:
             session.close("server shutting down")
         self._listener.stop(timeout=SHUTDOWN_DRAIN_SECONDS)
+        for _, listener in self._side_listeners:
+            listener.stop(timeout=1)
         self._metrics_http.stop(timeout=1)
         self._profiling_http.stop(timeout=1)
         self.ctx.store.close()

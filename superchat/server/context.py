@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ..config import Config
 from ..storage import Store
@@ -10,6 +11,9 @@ from .bans import BanList
 from .passwords import LoginThrottle
 from .session import SessionRegistry
 from .writer import Writer
+
+if TYPE_CHECKING:
+    from .directory import Directory
 
 
 @dataclass(frozen=True)
@@ -20,3 +24,6 @@ class ServerContext:
     sessions: SessionRegistry
     bans: BanList
     logins: LoginThrottle
+    # The directory is built from the context itself, so the Server adds it right after with
+    # dataclasses.replace(); only that first, directory-less context ever lacks it.
+    directory: Directory | None = None

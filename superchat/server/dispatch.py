@@ -8,7 +8,7 @@ from ..observability import metrics
 from ..protocol import DecodeError, ErrorCode, Frame, InvalidUTF8, PayloadError, messages, type_name
 from ..storage import StorageError
 from .context import ServerContext
-from .handlers import accounts, channels, connection, keys, moderation, people, posts, readstate
+from .handlers import accounts, channels, connection, discovery, keys, moderation, people, posts, readstate
 from .outbound import Refused, send_error
 from .session import Session
 
@@ -16,7 +16,7 @@ log = logging.getLogger("superchat.dispatch")
 
 ROUTES = {
     cls.TYPE: (cls, handler)
-    for module in (connection, accounts, keys, people, readstate, channels, posts, moderation)
+    for module in (connection, accounts, keys, people, readstate, channels, posts, moderation, discovery)
     for cls, handler in module.HANDLERS.items()
 }
 

@@ -18,11 +18,15 @@ class SlidingWindow:
 
     def allow(self) -> bool:
         """Record an event if the window has room; False means refuse it."""
+        if not self.has_room():
+            return False
+        self._times.append(time.monotonic())
+        return True
+
+    def has_room(self) -> bool:
+        """Whether an event would be allowed now, without recording one."""
         now = time.monotonic()
         times = self._times
         while times and now - times[0] >= self._seconds:
             times.popleft()
-        if len(times) >= self._limit:
-            return False
-        times.append(now)
-        return True
+        return len(times) < self._limit

@@ -23,15 +23,15 @@ class Session:
     """One client connection: identity, joined channel, subscriptions and an outbound queue.
 
     Sending never blocks the caller: a frame goes straight to the kernel when the
-    socket has room (the common case, one syscall, no greenlet), otherwise it waits in
-    ``_pending`` for a short-lived flusher greenlet that writes as the socket drains.
+    transport has room (the common case, one syscall, no greenlet), otherwise it waits in
+    ``_pending`` for a short-lived flusher greenlet that writes as the transport drains.
     """
 
     __slots__ = (
         "id",
         "address",
-        "_socket",
-        "_raw",
+        "link",
+        "_wrap",
         "_pending",
         "_pending_bytes",
         "_flusher",
@@ -50,12 +50,11 @@ class Session:
         "_finish_reason",
     )
 
-    def __init__(self, session_id: int, address: tuple, sock):
+    def __init__(self, session_id: int, address: tuple, link):
         self.id = session_id
         self.address = address
-        self._socket = sock
-        # gevent's socket wraps a non-blocking OS socket; writing to that directly never yields.
-        self._raw = sock._sock
+        self.link = link
+        self._wrap = link.wrap
         self._pending: deque[bytes] = deque()
         self._pending_bytes = 0
         self._flusher = None
@@ -89,19 +88,23 @@ class Session:
         """Queue one encoded frame; the same bytes object may go to many sessions."""
         if self.closed:
             return
+        self.send_wrapped(frame if self._wrap is None else self._wrap(frame))
+
+    def send_wrapped(self, data: bytes) -> None:
+        """Queue bytes already in the transport's envelope (a frame, or a WebSocket control message)."""
+        if self.closed:
+            return
         if self._flusher is None:
             try:
-                sent = self._raw.send(frame)
-            except BlockingIOError:
-                sent = 0
+                sent = self.link.try_write(data)
             except OSError:
                 self.close("write failed")
                 return
-            if sent == len(frame):
+            if sent == len(data):
                 return
-            frame = frame[sent:]
-        self._pending.append(frame)
-        self._pending_bytes += len(frame)
+            data = data[sent:]
+        self._pending.append(data)
+        self._pending_bytes += len(data)
         if self._pending_bytes > MAX_PENDING_BYTES:
             log.warning(
                 "Session %d (%s) disconnected: outbound queue overflow (%d bytes unread)",
@@ -120,7 +123,7 @@ class Session:
                 chunk = b"".join(self._pending)
                 self._pending.clear()
                 self._pending_bytes = 0
-                self._socket.sendall(chunk)
+                self.link.write_all(chunk)
         except OSError:
             self.close("write failed")
         finally:
@@ -141,17 +144,14 @@ class Session:
             flusher.join(timeout)
 
     def close(self, reason: str) -> None:
-        """Stop sending and shut the socket; the reader loop then ends and unregisters us."""
+        """Stop sending and shut the link; the reader loop then ends and unregisters us."""
         if self.closed:
             return
         self.closed = True
         self.close_reason = reason
         self._pending.clear()
         self._pending_bytes = 0
-        try:
-            self._socket.shutdown(2)
-        except OSError:
-            pass
+        self.link.shutdown()
 
 
 class SessionRegistry:
@@ -172,8 +172,8 @@ class SessionRegistry:
     def connections_from(self, host: str) -> int:
         return self._per_address.get(host, 0)
 
-    def open(self, address: tuple, sock) -> Session:
-        session = Session(next(self._ids), address, sock)
+    def open(self, address: tuple, link) -> Session:
+        session = Session(next(self._ids), address, link)
         self.by_id[session.id] = session
         host = address[0]
         self._per_address[host] = self._per_address.get(host, 0) + 1

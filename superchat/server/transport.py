@@ -1,9 +1,10 @@
-"""TCP transport: one greenlet per client, written as a plain blocking read loop."""
+"""The session loop every transport feeds: one greenlet per client, a plain blocking read loop."""
 
 from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Callable
 
 from ..observability import metrics
 from ..protocol import PROTOCOL_VERSION, ErrorCode, FrameDecoder, FrameError, encode_message, messages
@@ -12,12 +13,12 @@ from .bans import describe
 from .context import ServerContext
 from .dispatch import dispatch
 from .handlers.connection import ClientDisconnect
+from .links import TcpLink
 from .outbound import send_encoded, send_error
 from .session import Session
 
 log = logging.getLogger("superchat.transport")
 
-RECV_BYTES = 64 * 1024
 # How long a refused or broken client gets to receive its final ERROR frame.
 FAREWELL_SECONDS = 2.0
 # Advertised in SERVER_CONFIG as the reference server does; this server deletes no inactive accounts.
@@ -39,51 +40,64 @@ def server_config_frame(ctx: ServerContext) -> bytes:
     ))
 
 
-class ConnectionHandler:
-    """Called by the StreamServer for each accepted socket."""
+class SessionRunner:
+    """Runs one client's session over any link (TCP, WebSocket, SSH): the same checks at the
+    door, the same SERVER_CONFIG first, the same blocking read loop and the same clean-up."""
 
     def __init__(self, ctx: ServerContext):
         self._ctx = ctx
         self._config_frame = server_config_frame(ctx)
 
-    def __call__(self, sock: socket.socket, address: tuple) -> None:
+    def admit(self, link, address: tuple) -> bool:
+        """Refuse a banned address or one over its connection cap, telling the client why."""
         ctx = self._ctx
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        ban = ctx.bans.ip_ban(address[0])
+        host = address[0]
+        metrics.connection_opened(link.transport)
+        ban = ctx.bans.ip_ban(host)
         if ban is not None:
-            log.warning("Connection from %s refused: address banned (ban_id=%d)", address[0], ban.id)
-            self._refuse(sock, ErrorCode.PERMISSION_DENIED, f"Your address is banned {describe(ban)}")
-            return
-        if ctx.sessions.connections_from(address[0]) >= ctx.config.max_connections_per_ip:
-            log.warning("Connection from %s refused: too many connections from this address", address[0])
+            log.warning("Connection from %s refused: address banned (ban_id=%d)", host, ban.id,
+                        extra={"transport": link.transport})
+            self._refuse(link, ErrorCode.PERMISSION_DENIED, f"Your address is banned {describe(ban)}")
+            return False
+        if ctx.sessions.connections_from(host) >= ctx.config.max_connections_per_ip:
+            log.warning("Connection from %s refused: too many connections from this address", host,
+                        extra={"transport": link.transport})
             limit = ctx.config.max_connections_per_ip
-            self._refuse(sock, ErrorCode.TOO_MANY_CONNECTIONS,
-                         f"Too many connections from your address (max {limit})")
-            return
-        session = ctx.sessions.open(address, sock)
-        metrics.session_opened()
-        log.info("Connection from %s", session.peer)
+            self._refuse(link, ErrorCode.TOO_MANY_CONNECTIONS, f"Too many connections from your address (max {limit})")
+            return False
+        return True
+
+    def run(self, link, address: tuple, signed_in: Callable[[Session], None] | None = None) -> None:
+        """Serve the session until it ends. ``signed_in`` sets up an identity the transport
+        already proved (SSH), after SERVER_CONFIG and before the first frame is read."""
+        ctx = self._ctx
+        session = ctx.sessions.open(address, link)
+        link.bind(session.send_wrapped)
+        metrics.session_opened(link.transport)
+        log.info("Connection from %s", session.peer, extra={"transport": link.transport})
         send_encoded(session, messages.ServerConfig.NAME, self._config_frame)
         reason = "server error"
         try:
-            reason = self._serve(session, sock)
+            if signed_in is not None:
+                signed_in(session)
+            reason = self._serve(session, link)
         finally:
             presence.session_ended(ctx.sessions, session)
             ctx.sessions.remove(session)
-            metrics.session_closed()
+            metrics.session_closed(link.transport)
             session.drain(FAREWELL_SECONDS)
             session.close(reason)  # keeps an earlier reason, e.g. an outbound overflow
-            sock.close()
+            link.close()
             log.info("Session %d (%s) closed: %s", session.id, session.nickname or "-", session.close_reason)
 
-    def _serve(self, session: Session, sock: socket.socket) -> str:
+    def _serve(self, session: Session, link) -> str:
         """Read and handle frames until the connection ends; returns why it ended."""
         ctx = self._ctx
         decoder = FrameDecoder()
-        sock.settimeout(ctx.config.session_timeout_seconds)
+        link.set_idle_timeout(ctx.config.session_timeout_seconds)
         while not session.closed:
             try:
-                data = sock.recv(RECV_BYTES)
+                data = link.recv()
             except TimeoutError:
                 return "idle timeout"
             except OSError as exc:
@@ -105,15 +119,28 @@ class ConnectionHandler:
                     return "client disconnected"
         return session.close_reason
 
-    def _refuse(self, sock: socket.socket, code: int, text: str) -> None:
+    def _refuse(self, link, code: int, text: str) -> None:
         """SERVER_CONFIG then the reason, so the client shows why, then close."""
         try:
-            sock.settimeout(FAREWELL_SECONDS)
-            refusal = messages.Error(error_code=code, message=text)
-            sock.sendall(self._config_frame + encode_message(refusal))
+            link.set_idle_timeout(FAREWELL_SECONDS)
+            refusal = encode_message(messages.Error(error_code=code, message=text))
+            for frame in (self._config_frame, refusal):
+                link.write_all(frame if link.wrap is None else link.wrap(frame))
             metrics.frames_sent(messages.ServerConfig.NAME)
-            metrics.frames_sent(refusal.NAME)
+            metrics.frames_sent(messages.Error.NAME)
         except OSError:
             pass
         finally:
-            sock.close()
+            link.close()
+
+
+class TcpHandler:
+    """Called by the StreamServer for each accepted TCP socket."""
+
+    def __init__(self, runner: SessionRunner):
+        self._runner = runner
+
+    def __call__(self, sock: socket.socket, address: tuple) -> None:
+        link = TcpLink(sock)
+        if self._runner.admit(link, address):
+            self._runner.run(link, address)

@@ -125,23 +125,34 @@ def auth_request(ctx: ServerContext, session: Session, msg) -> None:
     if current is None or current.nickname != user.nickname or current.password_hash != user.password_hash:
         refuse("Invalid credentials")
         return
+    if complete_sign_in(ctx, session, user, f"Welcome back, {user.nickname}!"):
+        log.info("Session %d logged in as %s (user %d)", session.id, user.nickname, user.id)
+
+
+def complete_sign_in(ctx: ServerContext, session: Session, user: UserRow, greeting: str) -> bool:
+    """Sign the session into a proven account unless it is banned, and tell the client either way."""
     ban = ctx.bans.user_ban(user.id, user.nickname)
     if ban is not None and not ban.shadowban:
         log.info("Session %d: login refused for banned user %s (id %d)", session.id, user.nickname, user.id)
-        refuse(f"Account banned {describe(ban)}")
-        return
+        send(session, messages.AuthResponse(success=False, message=f"Account banned {describe(ban)}"))
+        return False
     _sign_in(session, user)
     session.shadowbanned = ban is not None
     ctx.writer.run(ctx.store.touch_user, user.id, now_ms())
-    log.info("Session %d logged in as %s (user %d)", session.id, user.nickname, user.id)
     send(session, messages.AuthResponse(
         success=True,
         user_id=user.id,
         nickname=user.nickname,
-        message=f"Welcome back, {user.nickname}!",
+        message=greeting,
         user_flags=user.user_flags,
     ))
     presence.identity_changed(ctx.sessions, session)
+    return True
+
+
+def acceptable_nickname(ctx: ServerContext, nickname: str) -> bool:
+    longest = min(MAX_NICKNAME_BYTES, ctx.config.max_nickname_length)
+    return MIN_NICKNAME_BYTES <= len(nickname.encode()) <= longest and bool(NICKNAME_CHARACTERS.fullmatch(nickname))
 
 
 def logout(ctx: ServerContext, session: Session, msg) -> None:

@@ -1,0 +1,214 @@
+"""The protocol over SSH on ssh_port, driven by the real OpenSSH client (and paramiko where
+OpenSSH cannot be made to try something)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+
+import paramiko
+import pytest
+
+from superchat.protocol import messages as m
+from tests.client import Client, ConnectionClosed
+from tests.server_process import ServerProcess, free_port
+from tests.ssh_client import OpenSshStream, make_key
+
+pytestmark = pytest.mark.timeout(90)
+
+CLIENT_HASH = "h" * 44  # a well-formed client-side password hash
+
+
+@pytest.fixture
+def ssh_server(start_server):
+    def start(settings: dict | None = None, root=None):
+        document = {"server": {"ssh_port": free_port()}}
+        for section, values in (settings or {}).items():
+            document.setdefault(section, {}).update(values)
+        return start_server(document, root=root)
+
+    return start
+
+
+@pytest.fixture
+def keys(tmp_path):
+    directory = tmp_path / "keys"
+    directory.mkdir()
+    return directory
+
+
+def ssh_client(server, user: str, key, known_hosts, strict: str = "accept-new") -> tuple[Client, OpenSshStream]:
+    stream = OpenSshStream(server.ssh_port, user, key, known_hosts, strict)
+    return Client(0, sock=stream, timeout=15), stream
+
+
+def signed_in(client: Client) -> m.AuthResponse:
+    assert isinstance(client.recv(), m.ServerConfig)
+    reply = client.expect(m.AuthResponse)
+    assert reply.success, reply
+    return reply
+
+
+def general_id(client: Client) -> int:
+    client.send(m.ListChannels(from_channel_id=0, limit=100))
+    return next(c.id for c in client.expect(m.ChannelList).channels if c.name == "general")
+
+
+def test_a_new_key_creates_the_account_and_chats_live(ssh_server, keys):
+    server = ssh_server()
+    key = make_key(keys)
+    client, stream = ssh_client(server, "sshuser", key, keys / "known_hosts")
+    try:
+        auth = signed_in(client)
+        assert (auth.nickname, auth.message) == ("sshuser", "Authenticated via SSH as sshuser")
+        tcp = Client(server.port)
+        tcp.handshake("tcpuser")
+        general = general_id(tcp)
+        for each in (client, tcp):
+            each.send(m.SubscribeChannel(channel_id=general))
+            each.expect(m.SubscribeOk)
+
+        client.send(m.PostMessage(channel_id=general, content="over ssh"))
+        posted = client.expect(m.MessagePosted)
+        seen = tcp.expect(m.NewMessage)
+        # A registered author: no "~" before the nickname.
+        assert (seen.id, seen.author_user_id, seen.author_nickname) == (posted.message_id, auth.user_id, "sshuser")
+        assert client.expect(m.NewMessage).id == posted.message_id  # its own post, as a subscriber
+        tcp.send(m.PostMessage(channel_id=general, content="to ssh"))
+        tcp.expect(m.MessagePosted)
+        assert client.expect(m.NewMessage).content == "to ssh"
+
+        client.send(m.ListSSHKeys())
+        (registered,) = client.expect(m.SSHKeyList).keys
+        listed = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(key)], capture_output=True,
+                                text=True, check=True).stdout.split()
+        assert (registered.label, registered.key_type, registered.fingerprint) == (
+            "Auto-registered", "ssh-ed25519", listed[1])
+    finally:
+        stream.close()
+    server.wait_for_log("Auto-registered user sshuser")
+    # The account has no password: it signs in by key only.
+    probe = Client(server.port)
+    probe.handshake()
+    probe.send(m.AuthRequest(nickname="sshuser", password=CLIENT_HASH))
+    assert "SSH" in probe.expect(m.AuthResponse).message
+
+
+def test_a_registered_key_signs_into_its_owner_whatever_the_user_name(ssh_server, keys):
+    server = ssh_server()
+    owner = Client(server.port)
+    owner.handshake()
+    user_id = owner.register("alice", CLIENT_HASH)
+    key = make_key(keys)
+    owner.send(m.AddSSHKey(public_key=(keys / "id_ed25519.pub").read_text(), label="laptop"))
+    assert owner.expect(m.SSHKeyAdded).success
+
+    client, stream = ssh_client(server, "someone-else", key, keys / "known_hosts")
+    try:
+        auth = signed_in(client)
+        assert (auth.user_id, auth.nickname) == (user_id, "alice")
+    finally:
+        stream.close()
+
+
+def test_an_unknown_key_cannot_take_a_registered_name(ssh_server, keys):
+    server = ssh_server()
+    owner = Client(server.port)
+    owner.handshake()
+    owner.register("bob", CLIENT_HASH)
+    client, stream = ssh_client(server, "bob", make_key(keys), keys / "known_hosts")
+    with pytest.raises(ConnectionClosed):
+        client.recv(timeout=15)
+    assert "Permission denied" in stream.stderr()
+    assert stream.proc.returncode != 0
+    stream.close()
+
+
+def test_invalid_user_names_and_passwords_are_refused(ssh_server, keys):
+    server = ssh_server()
+    client, stream = ssh_client(server, "no spaces!", make_key(keys), keys / "known_hosts")
+    with pytest.raises(ConnectionClosed):
+        client.recv(timeout=15)
+    stream.close()
+    transport = paramiko.Transport(("127.0.0.1", server.ssh_port))
+    try:
+        transport.start_client(timeout=10)
+        assert transport.remote_version.startswith("SSH-2.0-SuperChat")
+        with pytest.raises(paramiko.BadAuthenticationType) as refused:
+            transport.auth_password("carol", "secret")
+        assert refused.value.allowed_types == ["publickey"]
+    finally:
+        transport.close()
+    Client(server.port).handshake("still-serving")
+
+
+def test_the_host_key_is_made_once_with_mode_0600_and_kept(ssh_server, keys, tmp_path):
+    root = tmp_path / "keeper"
+    server = ssh_server(root=root)
+    host_key = root / ".superchat" / "ssh_host_key"
+    assert stat.S_IMODE(os.stat(host_key).st_mode) == 0o600
+    first = host_key.read_bytes()
+    key = make_key(keys)
+    client, stream = ssh_client(server, "keeper", key, keys / "known_hosts")
+    signed_in(client)
+    stream.close()
+    server.stop()
+
+    server.start()
+    assert host_key.read_bytes() == first
+    # A client that remembered the host key accepts the restarted server without question.
+    client, stream = ssh_client(server, "keeper", key, keys / "known_hosts", strict="yes")
+    try:
+        assert signed_in(client).nickname == "keeper"
+    finally:
+        stream.close()
+
+
+def test_a_banned_account_is_told_and_disconnected(ssh_server, keys):
+    server = ssh_server({"server": {"admin_users": ["root"]}})
+    key = make_key(keys)
+    client, stream = ssh_client(server, "dave", key, keys / "known_hosts")
+    signed_in(client)
+    stream.close()
+    admin = Client(server.port)
+    admin.handshake()
+    admin.register("root", CLIENT_HASH)
+    admin.send(m.BanUser(nickname="dave", reason="spam", shadowban=False))
+    admin.expect(m.UserBanned)
+
+    client, stream = ssh_client(server, "dave", key, keys / "known_hosts")
+    try:
+        assert isinstance(client.recv(), m.ServerConfig)
+        refused = client.expect(m.AuthResponse)
+        assert not refused.success and "banned" in refused.message
+        with pytest.raises(ConnectionClosed):
+            client.recv(timeout=10)
+    finally:
+        stream.close()
+
+
+def test_ssh_sessions_are_counted_by_transport(ssh_server, keys):
+    server = ssh_server()
+    client, stream = ssh_client(server, "counted", make_key(keys), keys / "known_hosts")
+    try:
+        signed_in(client)
+        _, _, body = server.http_get("/metrics")
+        assert 'superchat_transport_sessions{transport="ssh"} 1.0' in body.decode()
+        assert "transport=ssh" in server.wait_for_log("transport=ssh")
+    finally:
+        stream.close()
+
+
+def test_an_unusable_host_key_stops_the_server_with_one_line(tmp_path):
+    root = tmp_path / "broken"
+    key_file = root / ".superchat" / "ssh_host_key"
+    key_file.parent.mkdir(parents=True)
+    key_file.write_text("not a key\n")
+    server = ServerProcess(root, {"server": {"ssh_port": free_port()}})
+    with pytest.raises(RuntimeError) as failed:
+        server.start()
+    assert server.proc.returncode == 1
+    problems = [line for line in server.output if line.startswith("scd:")]
+    assert len(problems) == 1 and "cannot use SSH host key" in problems[0], server.output
+    assert "Traceback" not in str(failed.value)
