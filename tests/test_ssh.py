@@ -50,10 +50,6 @@ def signed_in(client: Client) -> m.AuthResponse:
     return reply
 
 
-def general_id(client: Client) -> int:
-    client.send(m.ListChannels(from_channel_id=0, limit=100))
-    return next(c.id for c in client.expect(m.ChannelList).channels if c.name == "general")
-
 
 def test_a_new_key_creates_the_account_and_chats_live(ssh_server, keys):
     server = ssh_server()
@@ -64,10 +60,9 @@ def test_a_new_key_creates_the_account_and_chats_live(ssh_server, keys):
         assert (auth.nickname, auth.message) == ("sshuser", "Authenticated via SSH as sshuser")
         tcp = Client(server.port)
         tcp.handshake("tcpuser")
-        general = general_id(tcp)
+        general = tcp.channel_id("general")
         for each in (client, tcp):
-            each.send(m.SubscribeChannel(channel_id=general))
-            each.expect(m.SubscribeOk)
+            each.subscribe_channel(general)
 
         client.send(m.PostMessage(channel_id=general, content="over ssh"))
         posted = client.expect(m.MessagePosted)

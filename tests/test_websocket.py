@@ -46,20 +46,15 @@ def web_client(server, nickname: str | None = None) -> tuple[Client, WebSocketSt
     return client, stream
 
 
-def channel_id(client: Client, name: str = "general") -> int:
-    client.send(m.ListChannels(from_channel_id=0, limit=100))
-    return next(c.id for c in client.expect(m.ChannelList).channels if c.name == name)
-
 
 def test_a_websocket_session_posts_and_receives_live_like_tcp(web_server):
     server = web_server()
     web, stream = web_client(server, "webby")
     tcp = Client(server.port)
     tcp.handshake("tcpuser")
-    general = channel_id(tcp)
+    general = tcp.channel_id("general")
     for client in (web, tcp):
-        client.send(m.SubscribeChannel(channel_id=general))
-        client.expect(m.SubscribeOk)
+        client.subscribe_channel(general)
 
     web.send(m.PostMessage(channel_id=general, content="from the web"))
     posted = web.expect(m.MessagePosted)
@@ -192,9 +187,8 @@ def test_a_real_browser_chats_over_websocket(web_server, tmp_path):
     server = web_server()
     tcp = Client(server.port)
     tcp.handshake("tcpuser")
-    general = channel_id(tcp)
-    tcp.send(m.SubscribeChannel(channel_id=general))
-    tcp.expect(m.SubscribeOk)
+    general = tcp.channel_id("general")
+    tcp.subscribe_channel(general)
 
     host = http.server.ThreadingHTTPServer(("127.0.0.1", 0), type("Host", (_PageHost,), {"results": queue.Queue()}))
     threading.Thread(target=host.serve_forever, daemon=True).start()

@@ -29,7 +29,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from .links import RECV_BYTES
+from .links import RECV_BYTES, TcpLink
 from .transport import SessionRunner
 
 log = logging.getLogger("superchat.websocket")
@@ -41,15 +41,14 @@ REQUEST_SECONDS = 10.0
 MAX_REQUEST_BYTES = 16 * 1024
 
 
-class WebSocketLink:
-    """A session's link over an accepted WebSocket connection."""
+class WebSocketLink(TcpLink):
+    """A session's link over an accepted WebSocket connection: TCP's socket writes, with each
+    frame wrapped in a binary message and the client's messages unwrapped on the way in."""
 
     transport = "websocket"
 
     def __init__(self, sock: socket.socket, ws: WSConnection):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._sock = sock
-        self._raw = sock._sock
+        super().__init__(sock)
         self._ws = ws
         self._ended = False
         self._control: Callable[[bytes], None] = sock.sendall
@@ -60,9 +59,6 @@ class WebSocketLink:
 
     def wrap(self, frame: bytes) -> bytes:
         return self._ws.send(Message(data=frame))
-
-    def set_idle_timeout(self, seconds: float) -> None:
-        self._sock.settimeout(seconds)
 
     def recv(self) -> bytes:
         """Payload bytes of the client's binary messages; b"" once the connection is closing."""
@@ -102,15 +98,6 @@ class WebSocketLink:
                 break
         return b"".join(data)
 
-    def try_write(self, data: bytes) -> int:
-        try:
-            return self._raw.send(data)
-        except BlockingIOError:
-            return 0
-
-    def write_all(self, data: bytes) -> None:
-        self._sock.sendall(data)
-
     def shutdown(self) -> None:
         """Say goodbye with a close frame when the socket takes it at once, then end both directions."""
         if self._ws.state is ConnectionState.OPEN:
@@ -118,13 +105,7 @@ class WebSocketLink:
                 self.try_write(self._ws.send(CloseConnection(CloseReason.NORMAL_CLOSURE)))
             except (OSError, LocalProtocolError):
                 pass
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self._sock.close()
+        super().shutdown()
 
 
 class PublicHttpHandler:
