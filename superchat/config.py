@@ -56,6 +56,7 @@ class Config:
     max_connections_per_ip: int
     message_rate_limit: int
     max_channel_creates: int
+    max_registrations_per_hour: int
     max_message_length: int
     max_nickname_length: int
     session_timeout_seconds: int
@@ -286,6 +287,8 @@ _KEYS: tuple[_Key, ...] = (
     _Key("limits", "max_connections_per_ip", INT, 10, "Concurrent connections allowed from one IP.", 1, 255),
     _Key("limits", "message_rate_limit", INT, 10, "Messages per minute per session.", 1, _U16),
     _Key("limits", "max_channel_creates", INT, 5, "Channels one user may create per hour.", 1, _U16),
+    _Key("limits", "max_registrations_per_hour", INT, 10,
+         "Accounts one address (IPv6: its /64) may create per hour, by REGISTER_USER or SSH key.", 1, _U16),
     _Key("limits", "max_message_length", INT, 4096, "Longest message body, in bytes.", 1, _U16),
     _Key("limits", "max_nickname_length", INT, 20, "Longest nickname, in bytes.", 3, 20),
     _Key("limits", "session_timeout_seconds", INT, 120, "Idle seconds before a session is dropped.", 1),

@@ -414,3 +414,23 @@ def test_throttle_counts_ipv6_per_64_and_forgets_old_entries(monkeypatch):
     # One failure each within the last minute (600 addresses) stays; the rest was swept.
     assert len(throttle) <= 2 * passwords.LoginThrottle.SWEEP_THRESHOLD
     assert throttle.seconds_blocked("10.0.11.183") == 0
+
+
+def test_registrations_are_limited_per_address(start_server):
+    server = start_server({"limits": {"max_registrations_per_hour": 2}})
+    for name in ("first", "second"):
+        client = Client(server.port)
+        client.handshake()
+        client.register(name, pw(name))
+    third = Client(server.port)
+    third.handshake("third")
+    third.send(m.RegisterUser(password=pw("third")))
+    refused = third.expect(m.RegisterResponse)
+    assert not refused.success and "Too many registrations" in refused.message
+    server.wait_for_log("registration of third refused: too many from 127.0.0.1")
+    # Another address has its own budget, and the refused session still has its nickname.
+    other = Client(server.port, source="127.0.0.2")
+    other.handshake()
+    assert other.register("fourth", pw("fourth"))
+    third.send(m.Ping(timestamp=3))
+    assert third.expect(m.Pong).client_timestamp == 3

@@ -207,3 +207,15 @@ def test_an_unusable_host_key_stops_the_server_with_one_line(tmp_path):
     problems = [line for line in server.output if line.startswith("scd:")]
     assert len(problems) == 1 and "cannot use SSH host key" in problems[0], server.output
     assert "Traceback" not in str(failed.value)
+
+
+def test_ssh_sign_ups_share_the_registration_budget_of_the_address(ssh_server, keys):
+    server = ssh_server({"limits": {"max_registrations_per_hour": 1}})
+    first = Client(server.port)
+    first.handshake()
+    first.register("tcpfirst", CLIENT_HASH)
+    client, stream = ssh_client(server, "sshlater", make_key(keys), keys / "known_hosts")
+    with pytest.raises(ConnectionClosed):
+        client.recv(timeout=15)
+    assert "Permission denied" in stream.stderr()
+    stream.close()

@@ -21,6 +21,7 @@ from ..storage import Store
 from .bans import BanList
 from .context import ServerContext
 from .directory import Directory
+from .limits import PerAddressLimit
 from .outbound import broadcast
 from .passwords import LoginThrottle
 from .session import SessionRegistry
@@ -54,6 +55,7 @@ class Server:
             sessions=SessionRegistry(),
             bans=BanList(store),
             logins=LoginThrottle(),
+            registrations=PerAddressLimit(config.max_registrations_per_hour, 3600),
         )
         self.directory = Directory(self.ctx, lambda: self.port, time.monotonic())
         # Handlers reach the directory through the context, which it is itself built from.

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from ..config import Config
 from ..storage import Store
 from .bans import BanList
+from .limits import PerAddressLimit
 from .passwords import LoginThrottle
 from .session import SessionRegistry
 from .writer import Writer
@@ -24,6 +25,8 @@ class ServerContext:
     sessions: SessionRegistry
     bans: BanList
     logins: LoginThrottle
+    # Accounts created per client address (REGISTER_USER and SSH keys alike).
+    registrations: PerAddressLimit
     # The directory is built from the context itself, so the Server adds it right after with
     # dataclasses.replace(); only that first, directory-less context ever lacks it.
     directory: Directory | None = None

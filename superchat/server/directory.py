@@ -14,7 +14,7 @@ import logging
 import secrets
 import socket
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -36,7 +36,7 @@ from ..protocol import (
 )
 from ..storage import DiscoveredServerRow, StorageError
 from .bans import now_ms
-from .limits import SlidingWindow
+from .limits import PerAddressLimit
 
 if TYPE_CHECKING:
     from .context import ServerContext
@@ -59,8 +59,6 @@ HEALTH_CHECK_CONCURRENCY = 16
 
 REGISTRATIONS_PER_WINDOW = 30
 REGISTRATION_WINDOW_SECONDS = 3600
-# Registration windows kept at most; beyond this the least recently seen address is forgotten.
-MAX_TRACKED_ADDRESSES = 4096
 
 RETRY_FIRST_SECONDS = 5.0
 RETRY_MAX_SECONDS = 60.0
@@ -200,21 +198,6 @@ def address_text(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class RegistrationLimiter:
-    """At most 30 registrations per source address per hour, in bounded memory."""
-
-    def __init__(self) -> None:
-        self._windows: OrderedDict[str, SlidingWindow] = OrderedDict()
-
-    def allow(self, host: str) -> bool:
-        window = self._windows.pop(host, None) or SlidingWindow(REGISTRATIONS_PER_WINDOW, REGISTRATION_WINDOW_SECONDS)
-        self._windows[host] = window  # now the most recently seen
-        if len(self._windows) > MAX_TRACKED_ADDRESSES:
-            # Forgetting the quietest address can only let it register sooner, never lock anyone out.
-            self._windows.popitem(last=False)
-        return window.allow()
-
-
 class Directory:
     """This server's side of discovery: its list, its health checks and its announcements.
 
@@ -226,7 +209,7 @@ class Directory:
         self._ctx = ctx
         self._listen_port = listen_port
         self._started_at = started_at
-        self.registrations = RegistrationLimiter()
+        self.registrations = PerAddressLimit(REGISTRATIONS_PER_WINDOW, REGISTRATION_WINDOW_SECONDS)
         self._greenlets: list[gevent.Greenlet] = []
         self._health_checks = Pool(HEALTH_CHECK_CONCURRENCY)
 

@@ -1,9 +1,9 @@
-"""Per-session rate limits as sliding windows of recent event times."""
+"""Rate limits as sliding windows of recent event times, per session or per client address."""
 
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 
 class SlidingWindow:
@@ -30,3 +30,29 @@ class SlidingWindow:
         while times and now - times[0] >= self._seconds:
             times.popleft()
         return len(times) < self._limit
+
+
+class PerAddressLimit:
+    """A SlidingWindow per client address, in bounded memory: past ``max_tracked`` addresses the
+    least recently seen one is forgotten, which can only let it act sooner, never lock anyone out."""
+
+    def __init__(self, limit: int, seconds: float, max_tracked: int = 4096):
+        self._limit = limit
+        self._seconds = seconds
+        self._max_tracked = max_tracked
+        self._windows: OrderedDict[str, SlidingWindow] = OrderedDict()
+
+    def allow(self, address: str) -> bool:
+        """Record an event for ``address`` if its window has room; False means refuse it."""
+        return self._window(address).allow()
+
+    def has_room(self, address: str) -> bool:
+        window = self._windows.get(address)
+        return window is None or window.has_room()
+
+    def _window(self, address: str) -> SlidingWindow:
+        window = self._windows.pop(address, None) or SlidingWindow(self._limit, self._seconds)
+        self._windows[address] = window  # now the most recently seen
+        if len(self._windows) > self._max_tracked:
+            self._windows.popitem(last=False)
+        return window

@@ -29,9 +29,9 @@ from ..storage import NicknameTaken, SSHKeyExists, UserRow
 from .bans import now_ms
 from .context import ServerContext
 from .handlers.accounts import acceptable_nickname, complete_sign_in
-from .limits import SlidingWindow
 from .links import RECV_BYTES
 from .outbound import send
+from .passwords import LoginThrottle
 from .session import Session
 from .transport import FAREWELL_SECONDS, SessionRunner
 
@@ -43,9 +43,7 @@ logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 # The reference client refuses a server whose version string does not start with this.
 SSH_VERSION = "SSH-2.0-SuperChat"
 HANDSHAKE_SECONDS = 10.0
-AUTO_REGISTRATIONS_PER_HOUR = 10
 AUTO_REGISTERED_LABEL = "Auto-registered"
-MAX_TRACKED_ADDRESSES = 4096
 
 
 def load_host_key(path: Path) -> paramiko.PKey:
@@ -177,14 +175,13 @@ class SshHandler:
         self._ctx = ctx
         self._runner = runner
         self._host_key = host_key
-        self._registrations: dict[str, SlidingWindow] = {}
 
     def __call__(self, sock: socket.socket, address: tuple) -> None:
         host = address[0]
         transport = paramiko.Transport(sock)
         transport.local_version = SSH_VERSION
         transport.add_server_key(self._host_key)
-        gate = _Gatekeeper(self._ctx, self._may_register(host))
+        gate = _Gatekeeper(self._ctx, self._ctx.registrations.has_room(LoginThrottle.source(host)))
         try:
             transport.start_server(server=gate)
             channel = transport.accept(HANDSHAKE_SECONDS)
@@ -205,20 +202,12 @@ class SshHandler:
             transport.join(FAREWELL_SECONDS)
             transport.close()
 
-    def _may_register(self, host: str) -> bool:
-        window = self._registrations.get(host)
-        return window is None or window.has_room()
-
     def _account(self, offer: _Offer, host: str) -> UserRow | None:
         """The account the key signs into, created with the key registered to it if new."""
         ctx = self._ctx
         if offer.user_id is not None:
             return ctx.store.get_user(offer.user_id)
-        if len(self._registrations) > MAX_TRACKED_ADDRESSES:
-            # Only addresses at their limit need remembering; the rest start afresh.
-            self._registrations = {h: w for h, w in self._registrations.items() if not w.has_room()}
-        window = self._registrations.setdefault(host, SlidingWindow(AUTO_REGISTRATIONS_PER_HOUR, 3600))
-        if not window.allow():
+        if not ctx.registrations.allow(LoginThrottle.source(host)):
             log.warning("SSH auto-registration refused for %s from %s: rate limit", offer.username, host)
             return None
         try:

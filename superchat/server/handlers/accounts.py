@@ -78,6 +78,10 @@ def register_user(ctx: ServerContext, session: Session, msg) -> None:
     if ctx.store.get_user_by_nickname(nickname) is not None:
         refuse("Nickname already registered")
         return
+    if not ctx.registrations.allow(passwords.LoginThrottle.source(session.host)):
+        log.warning("Session %d: registration of %s refused: too many from %s", session.id, nickname, session.host)
+        refuse("Too many registrations from your address; try again later")
+        return
     stored_hash = passwords.hash_password(msg.password)
     user_flags = flags.ADMIN if nickname in ctx.config.admin_users else 0
     try:
