@@ -66,7 +66,9 @@ class MessageRow:
     created_at: int
     edited_at: int | None
     deleted_at: int | None
-    # Direct, not-deleted replies; only computed for roots, replies always carry 0.
+    # Posted while its author was shadowbanned: only the author and admins ever see it.
+    shadowed: bool
+    # Direct, not-deleted, not-shadowed replies; only computed for roots, replies always carry 0.
     reply_count: int
 
 
@@ -133,6 +135,16 @@ class NewPost:
     author_user_id: int | None
     author_nickname: str
     content: str
+    shadowed: bool = False
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who lists messages: shadowed posts are shown only to their author and to admins."""
+
+    user_id: int | None
+    nickname: str
+    sees_shadowed: bool
 
 
 class PostRejected(Enum):
@@ -285,6 +297,16 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # The list is read newest first, and stale servers are found by age.
         "CREATE INDEX idx_discovered_server_last_seen ON DiscoveredServer(last_seen)",
     ),
+    (
+        "ALTER TABLE Message ADD COLUMN shadowed INTEGER NOT NULL DEFAULT 0",
+        # Reply and unread counts leave shadowed posts out and must stay index-only.
+        "DROP INDEX idx_message_parent",
+        "CREATE INDEX idx_message_parent ON Message(parent_id, deleted_at, shadowed) WHERE parent_id IS NOT NULL",
+        "DROP INDEX idx_message_unread",
+        "DROP INDEX idx_message_thread_unread",
+        "CREATE INDEX idx_message_unread ON Message(channel_id, subchannel_id, created_at, deleted_at, shadowed)",
+        "CREATE INDEX idx_message_thread_unread ON Message(thread_root_id, created_at, deleted_at, shadowed)",
+    ),
 )
 
 
@@ -293,7 +315,7 @@ _SQL_CHANNEL_EXISTS = "SELECT 1 FROM Channel WHERE id = ?"
 _SQL_PARENT_THREAD = "SELECT thread_root_id FROM Message WHERE id = ? AND channel_id = ? AND deleted_at IS NULL"
 _SQL_INSERT_MESSAGE = (
     "INSERT INTO Message (channel_id, subchannel_id, parent_id, thread_root_id, author_user_id,"
-    " author_nickname, content, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " author_nickname, content, created_at, shadowed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _SQL_ROOT_OF_ITSELF = "UPDATE Message SET thread_root_id = id WHERE id = ?"
 
@@ -330,6 +352,7 @@ class _Message(_Model):
     created_at = peewee.IntegerField()
     edited_at = peewee.IntegerField(null=True)
     deleted_at = peewee.IntegerField(null=True)
+    shadowed = peewee.BooleanField(default=False)
 
     class Meta:
         table_name = "Message"
@@ -441,6 +464,7 @@ _MESSAGE_COLUMNS = (
     _Message.created_at,
     _Message.edited_at,
     _Message.deleted_at,
+    _Message.shadowed,
 )
 _USER_COLUMNS = (
     _User.id,
@@ -493,7 +517,29 @@ _DISCOVERED_SERVER_COLUMNS = (
 
 def _reply_count() -> peewee.Select:
     reply = _Message.alias("reply")
-    return reply.select(fn.COUNT(SQL("*"))).where((reply.parent_id == _Message.id) & reply.deleted_at.is_null())
+    return reply.select(fn.COUNT(SQL("*"))).where(
+        (reply.parent_id == _Message.id) & reply.deleted_at.is_null() & (reply.shadowed == False)  # noqa: E712
+    )
+
+
+def _visible_to(viewer: Viewer | None) -> peewee.Expression | None:
+    """The condition a message must meet to be listed for ``viewer``; None when all are."""
+    if viewer is None or viewer.sees_shadowed:
+        return None
+    if viewer.user_id is not None:
+        own = _Message.author_user_id == viewer.user_id
+    else:
+        own = _Message.author_user_id.is_null() & (_Message.author_nickname == viewer.nickname)
+    return (_Message.shadowed == False) | own  # noqa: E712
+
+
+def _shown_to(viewer: Viewer | None, message: MessageRow) -> bool:
+    """_visible_to for a message already read."""
+    if not message.shadowed or viewer is None or viewer.sees_shadowed:
+        return True
+    if viewer.user_id is not None:
+        return message.author_user_id == viewer.user_id
+    return message.author_user_id is None and message.author_nickname == viewer.nickname
 
 
 def _select_messages() -> peewee.ModelSelect:
@@ -633,7 +679,9 @@ class Store:
         limit: int,
         before_id: int | None,
         after_id: int | None,
+        viewer: Viewer | None = None,
     ) -> list[MessageRow]:
+        """A page of roots; ``viewer`` None lists shadowed posts too (callers that act for nobody)."""
         limit = min(limit, _MAX_ROOT_PAGE)
         if limit <= 0:
             return []
@@ -643,6 +691,9 @@ class Store:
             & _in_subchannel(subchannel_id)
             & _Message.deleted_at.is_null()
         )
+        visible = _visible_to(viewer)
+        if visible is not None:
+            query = query.where(visible)
         newest_first = after_id is None or before_id is not None
         if before_id is not None:
             query = query.where(_Message.id < before_id)
@@ -655,7 +706,8 @@ class Store:
         return rows
 
     @_storage_errors()
-    def list_thread(self, parent_id: int, limit: int, before_id: int | None, after_id: int | None) -> list[MessageRow]:
+    def list_thread(self, parent_id: int, limit: int, before_id: int | None, after_id: int | None,
+                    viewer: Viewer | None = None) -> list[MessageRow]:
         found = _rows(_Message.select(_Message.thread_root_id).where(_Message.id == parent_id), self._reader)
         if not found:
             return []
@@ -670,8 +722,8 @@ class Store:
         while stack:
             message = stack.pop()
             stack.extend(reversed(children.get(message.id, ())))
-            # A deleted reply is hidden, its answers stay visible.
-            if message.deleted_at is not None:
+            # A deleted or shadowed reply is hidden, its answers stay visible.
+            if message.deleted_at is not None or not _shown_to(viewer, message):
                 continue
             if before_id is not None and message.id >= before_id:
                 continue
@@ -747,6 +799,7 @@ class Store:
             & _in_subchannel(subchannel_id)
             & (_Message.created_at > since_ms)
             & _Message.deleted_at.is_null()
+            & (_Message.shadowed == False)  # noqa: E712
         )
         return _rows(query, self._reader)[0][0]
 
@@ -754,7 +807,10 @@ class Store:
     def count_unread_in_thread(self, thread_id: int, since_ms: int) -> int:
         """The root itself counts, as do replies at any depth."""
         query = _Message.select(fn.COUNT(SQL("*"))).where(
-            (_Message.thread_root_id == thread_id) & (_Message.created_at > since_ms) & _Message.deleted_at.is_null()
+            (_Message.thread_root_id == thread_id)
+            & (_Message.created_at > since_ms)
+            & _Message.deleted_at.is_null()
+            & (_Message.shadowed == False)  # noqa: E712
         )
         return _rows(query, self._reader)[0][0]
 
@@ -902,7 +958,7 @@ class Store:
             thread_root_id = parent[0]
         cursor = db.execute(_SQL_INSERT_MESSAGE, (
             post.channel_id, post.subchannel_id, post.parent_id, thread_root_id,
-            post.author_user_id, post.author_nickname, post.content, now,
+            post.author_user_id, post.author_nickname, post.content, now, int(post.shadowed),
         ))
         message_id = cursor.lastrowid
         if thread_root_id is None:
@@ -920,6 +976,7 @@ class Store:
             now,
             None,
             None,
+            post.shadowed,
             0,
         )
 

@@ -438,6 +438,47 @@ def test_shadowban_hides_posts_from_everyone_but_author_and_admins(srv, open_cli
         assert session.expect(m.NewMessage).id == visible
 
 
+def _listed(client: Client, channel_id: int, parent_id: int | None = None) -> dict[int, m.MessageEntry]:
+    client.send(m.ListMessages(channel_id=channel_id, limit=100, parent_id=parent_id))
+    return {entry.id: entry for entry in client.expect(m.MessageList).messages}
+
+
+def test_shadowed_posts_stay_out_of_history_and_edit_notices_for_everyone_else(srv, open_client):
+    admin, _ = registered(open_client, srv, ADMIN)
+    troll, _ = registered(open_client, srv, "troll", source="127.0.0.2")
+    member, _ = registered(open_client, srv, "member", source="127.0.0.3")
+    general = admin.channel_id("general")
+    topic = member.post(general, "a fair question")
+    assert ban_user(admin, nickname="troll", reason="trolling", shadowban=True).success
+
+    hidden_root = troll.post(general, "hidden root")
+    hidden_reply = troll.post(general, "hidden reply", parent_id=topic)
+    # Others' history: neither post, and the reply is not counted.
+    roots = _listed(member, general)
+    assert hidden_root not in roots and roots[topic].reply_count == 0
+    assert _listed(member, general, parent_id=topic) == {}
+    # The author and the admins see both, as they saw them live.
+    for insider in (troll, admin):
+        assert hidden_root in _listed(insider, general)
+        assert hidden_reply in _listed(insider, general, parent_id=topic)
+
+    # Edits of a shadowed post are not announced to the channel.
+    for client in (member, admin):
+        client.send(m.JoinChannel(channel_id=general))
+        assert client.expect(m.JoinResponse).success
+    troll.send(m.EditMessage(message_id=hidden_root, new_content="hidden, edited"))
+    assert troll.expect(m.MessageEdited).message_id == hidden_root
+    assert admin.expect(m.MessageEdited).new_content == "hidden, edited"
+    member.assert_silent(0.3)
+
+    # Lifting the ban does not publish what was posted under it.
+    admin.send(m.UnbanUser(nickname="troll"))
+    assert admin.expect(m.UserUnbanned).success
+    assert hidden_root not in _listed(member, general)
+    shown = troll.post(general, "posted after the ban")
+    assert shown in _listed(member, general)
+
+
 def test_expired_shadowban_no_longer_hides_posts_of_a_live_session(srv, open_client):
     admin, _ = registered(open_client, srv, ADMIN)
     troll, _ = registered(open_client, srv, "troll", source="127.0.0.2")

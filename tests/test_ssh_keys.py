@@ -227,7 +227,7 @@ def test_password_removal_racing_the_last_key_deletion(start_server):
     removal is written (too early: the deletion wins, too late: the removal wins), so attempts land
     in the window between the removal's check and its write, where both would succeed unguarded.
     """
-    server = start_server()
+    server = start_server({"limits": {"max_registrations_per_hour": 100}})  # one account per attempt
     with Client(server.port) as first, Client(server.port) as second:
         first.handshake()
         second.handshake()

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,11 +25,29 @@ from superchat.storage import (
     StorageError,
     Store,
     UserRow,
+    Viewer,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOUR_MS = 3_600_000
 FORUM_SEEDS = [("general", "General discussion"), ("tech", "Technical topics")]
+
+
+LATEST = len(storage._MIGRATIONS)
+
+
+def insert_old_message(db_path, channel: int, content: str, parent: int | None = None) -> int:
+    """A message written the way every schema version since the first can hold it; returns its id."""
+    with closing(sqlite3.connect(db_path)) as db, db:
+        root = None
+        if parent is not None:
+            (root,) = db.execute("SELECT thread_root_id FROM Message WHERE id = ?", (parent,)).fetchone()
+        cursor = db.execute(
+            "INSERT INTO Message (channel_id, parent_id, thread_root_id, author_nickname, content, created_at)"
+            " VALUES (?, ?, ?, 'olga', ?, 7)", (channel, parent, root, content))
+        if parent is None:
+            db.execute("UPDATE Message SET thread_root_id = id WHERE id = ?", (cursor.lastrowid,))
+        return cursor.lastrowid
 
 
 @pytest.fixture
@@ -83,7 +102,7 @@ def wait_next_ms(after: int) -> None:
 def test_migrates_empty_database_and_creates_parent_directory(db_path):
     assert not db_path.parent.exists()
     Store(db_path).close()
-    assert sql(db_path, "PRAGMA user_version") == [(3,)]
+    assert sql(db_path, "PRAGMA user_version") == [(LATEST,)]
     tables = {r[0] for r in sql(db_path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"Channel", "Message", "User", "SSHKey", "Ban", "AdminAction", "ReadState"} <= tables
     indexes = {r[0] for r in sql(db_path, "SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -115,7 +134,7 @@ def test_reopen_is_idempotent_and_keeps_data(db_path):
         assert [c.name for c in second.list_channels()] == ["chat", "general", "tech"]
     finally:
         second.close()
-    assert sql(db_path, "PRAGMA user_version") == [(3,)]
+    assert sql(db_path, "PRAGMA user_version") == [(LATEST,)]
 
 
 def test_refuses_a_database_from_a_newer_server(db_path):
@@ -131,9 +150,9 @@ def test_migrates_a_version_1_database_and_keeps_its_data(db_path, monkeypatch):
         old = Store(db_path)
         old.seed_channels(FORUM_SEEDS, 168)
         general = channel_id(old, "general")
-        root = post(old, general, content="from v1")
-        reply = post(old, general, parent=root.id, content="reply from v1")
         old.close()
+    root = insert_old_message(db_path, general, "from v1")
+    reply = insert_old_message(db_path, general, "reply from v1", parent=root)
     sql(
         db_path,
         "INSERT INTO User (nickname, user_flags, password_hash, created_at, last_seen) VALUES ('olga', 0, 'h', 5, 6)",
@@ -142,18 +161,19 @@ def test_migrates_a_version_1_database_and_keeps_its_data(db_path, monkeypatch):
 
     s = Store(db_path)
     try:
-        assert sql(db_path, "PRAGMA user_version") == [(3,)]
+        assert sql(db_path, "PRAGMA user_version") == [(LATEST,)]
         assert [c.name for c in s.list_channels()] == ["chat", "general", "tech"]
-        assert s.get_message(root.id) == replace(root, reply_count=1)
-        assert s.get_message(reply.id) == reply
+        kept_root, kept_reply = s.get_message(root), s.get_message(reply)
+        assert (kept_root.content, kept_root.reply_count, kept_root.shadowed) == ("from v1", 1, False)
+        assert (kept_reply.content, kept_reply.parent_id, kept_reply.thread_root_id) == ("reply from v1", root, root)
         olga = s.get_user_by_nickname("olga")
         assert (olga.password_hash, olga.created_at, olga.last_seen) == ("h", 5, 6)
         key = s.add_ssh_key(olga.id, "SHA256:olga", "ssh-ed25519 AAAA", "ssh-ed25519", None)
         assert s.list_ssh_keys(olga.id) == [key]
-        s.set_read_state(olga.id, general, None, root.created_at)
-        assert s.read_state(olga.id, general, None) == root.created_at
+        s.set_read_state(olga.id, general, None, kept_root.created_at)
+        assert s.read_state(olga.id, general, None) == kept_root.created_at
         assert s.count_unread_in_channel(general, None, 0) == 2
-        assert s.count_unread_in_thread(root.id, 0) == 2
+        assert s.count_unread_in_thread(root, 0) == 2
     finally:
         s.close()
 
@@ -189,17 +209,40 @@ def test_migrates_a_version_2_database_to_list_servers(db_path, monkeypatch):
         old_code.setattr(storage, "_MIGRATIONS", storage._MIGRATIONS[:2])
         old = Store(db_path)
         old.seed_channels(FORUM_SEEDS, 168)
-        kept = post(old, channel_id(old, "general"), content="from v2")
+        general = channel_id(old, "general")
         old.close()
+    kept = insert_old_message(db_path, general, "from v2")
     assert sql(db_path, "PRAGMA user_version") == [(2,)]
 
     s = Store(db_path)
     try:
-        assert sql(db_path, "PRAGMA user_version") == [(3,)]
-        assert s.get_message(kept.id) == kept
+        assert sql(db_path, "PRAGMA user_version") == [(LATEST,)]
+        assert s.get_message(kept).content == "from v2"
         assert s.list_discovered_servers(10, 0) == []
         s.register_server("chat.example.org", 6465, "Example", "", 0, True, 4, "192.0.2.1", 1_000)
         assert [row.hostname for row in s.list_discovered_servers(10, 0)] == ["chat.example.org"]
+    finally:
+        s.close()
+
+
+def test_migrates_a_version_3_database_to_shadowed_posts(db_path, monkeypatch):
+    with monkeypatch.context() as old_code:
+        old_code.setattr(storage, "_MIGRATIONS", storage._MIGRATIONS[:3])
+        old = Store(db_path)
+        old.seed_channels(FORUM_SEEDS, 168)
+        general = channel_id(old, "general")
+        old.close()
+    kept = insert_old_message(db_path, general, "from v3")
+
+    s = Store(db_path)
+    try:
+        assert sql(db_path, "PRAGMA user_version") == [(LATEST,)]
+        assert s.get_message(kept).shadowed is False
+        assert s.count_unread_in_channel(general, None, 0) == 1
+        plan = " ".join(str(row) for row in sql(
+            db_path, "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM Message WHERE channel_id = 2 AND subchannel_id IS NULL"
+            " AND created_at > 0 AND deleted_at IS NULL AND shadowed = 0"))
+        assert "COVERING INDEX idx_message_unread" in plan
     finally:
         s.close()
 
@@ -1145,3 +1188,33 @@ def test_unread_counts_over_100000_messages_read_only_the_index(store, db_path):
         assert count() == want
         (statement,) = traced(store._reader, count)
         assert_searches(db_path, statement, index)
+
+
+def test_shadowed_posts_are_listed_for_their_author_and_admins_only(store):
+    general = channel_id(store, "general")
+    root = post(store, general, content="visible root")
+    hidden_root, hidden_reply, anonymous = store.post_messages([
+        NewPost(general, None, None, 7, "troll", "hidden root", shadowed=True),
+        NewPost(general, None, root.id, 7, "troll", "hidden reply", shadowed=True),
+        NewPost(general, None, None, None, "ghost", "anonymous and hidden", shadowed=True),
+    ])
+    assert hidden_root.shadowed and store.get_message(hidden_reply.id).shadowed
+
+    def roots(viewer):
+        return ids(store.list_root_messages(general, None, 100, None, None, viewer))
+
+    def replies(viewer):
+        return ids(store.list_thread(root.id, 0, None, None, viewer))
+
+    others = Viewer(user_id=8, nickname="member", sees_shadowed=False)
+    assert roots(others) == [root.id] and replies(others) == []
+    author = Viewer(user_id=7, nickname="troll", sees_shadowed=False)
+    assert roots(author) == [root.id, hidden_root.id] and replies(author) == [hidden_reply.id]
+    same_name_anonymous = Viewer(user_id=None, nickname="ghost", sees_shadowed=False)
+    assert roots(same_name_anonymous) == [root.id, anonymous.id]
+    admin = Viewer(user_id=1, nickname="boss", sees_shadowed=True)
+    assert roots(admin) == roots(None) == [root.id, hidden_root.id, anonymous.id]
+    # Nobody's counts include them: not the root's reply count, not the unread counts.
+    assert store.list_root_messages(general, None, 100, None, None, admin)[0].reply_count == 0
+    assert store.count_unread_in_channel(general, None, 0) == 1
+    assert store.count_unread_in_thread(root.id, 0) == 1

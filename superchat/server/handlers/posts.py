@@ -7,7 +7,7 @@ import time
 
 from ...observability import metrics
 from ...protocol import MAX_FRAME_LENGTH, ErrorCode, flags, messages
-from ...storage import MessageRow, NewPost, PostRejected
+from ...storage import MessageRow, NewPost, PostRejected, Viewer
 from ..bans import describe
 from ..context import ServerContext
 from ..limits import SlidingWindow
@@ -28,12 +28,13 @@ ENTRY_FIXED_BYTES = 52
 
 def list_messages(ctx: ServerContext, session: Session, msg) -> None:
     limit = min(msg.limit or DEFAULT_PAGE, MAX_PAGE)
+    viewer = Viewer(session.user_id, session.nickname, _is_admin(session))
     if msg.parent_id is not None:
-        rows = ctx.store.list_thread(msg.parent_id, limit, msg.before_id, msg.after_id)
+        rows = ctx.store.list_thread(msg.parent_id, limit, msg.before_id, msg.after_id, viewer)
     elif msg.subchannel_id is not None:
         rows = []  # no subchannels exist on this server
     else:
-        rows = ctx.store.list_root_messages(msg.channel_id, None, limit, msg.before_id, msg.after_id)
+        rows = ctx.store.list_root_messages(msg.channel_id, None, limit, msg.before_id, msg.after_id, viewer)
     send(session, messages.MessageList(
         channel_id=msg.channel_id,
         subchannel_id=msg.subchannel_id,
@@ -84,6 +85,7 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
         author_user_id=session.user_id,
         author_nickname=session.nickname,
         content=msg.content,
+        shadowed=session.shadowbanned,
     ))
     if isinstance(stored, PostRejected):
         text = "Channel not found" if stored is PostRejected.NO_CHANNEL else "Parent message not found"
@@ -100,9 +102,8 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
     else:
         kind, thread_id = "thread", stored.thread_root_id
         audience = ctx.sessions.thread_subscribers(stored.thread_root_id)
-    if session.shadowbanned:
-        # Seen only by its author and the admins: the author notices nothing.
-        audience = [s for s in audience if s is session or _is_admin(s)]
+    if stored.shadowed:
+        audience = _author_and_admins(audience, stored)
     recipients = 0
     if audience:
         recipients = broadcast(list(audience), _entries(ctx, [stored], messages.NewMessage)[0])
@@ -129,7 +130,8 @@ def edit_message(ctx: ServerContext, session: Session, msg) -> None:
     notice = messages.MessageEdited(
         success=True, message_id=edited.id, edited_at=edited.edited_at, new_content=edited.content, message=""
     )
-    broadcast(ctx.sessions.channel_audience(edited.channel_id) | {session}, notice)
+    audience = ctx.sessions.channel_audience(edited.channel_id) | {session}
+    broadcast(_author_and_admins(audience, edited) if edited.shadowed else audience, notice)
 
 
 def delete_message(ctx: ServerContext, session: Session, msg) -> None:
@@ -152,7 +154,8 @@ def delete_message(ctx: ServerContext, session: Session, msg) -> None:
     notice = messages.MessageDeleted(
         success=True, message_id=deleted.id, deleted_at=deleted.deleted_at, message=deleted.content
     )
-    broadcast(ctx.sessions.channel_audience(deleted.channel_id) | {session}, notice)
+    audience = ctx.sessions.channel_audience(deleted.channel_id) | {session}
+    broadcast(_author_and_admins(audience, deleted) if deleted.shadowed else audience, notice)
 
 
 def _check_content(ctx: ServerContext, content: str) -> None:
@@ -167,6 +170,11 @@ def _is_author(session: Session, row: MessageRow) -> bool:
     if row.author_user_id is not None:
         return row.author_user_id == session.user_id
     return row.author_nickname == session.nickname
+
+
+def _author_and_admins(audience, message: MessageRow) -> list[Session]:
+    """A shadowed post is seen only by its author and the admins: the author notices nothing."""
+    return [s for s in audience if _is_author(s, message) or _is_admin(s)]
 
 
 def _is_admin(session: Session) -> bool:
