@@ -50,6 +50,17 @@ def insert_old_message(db_path, channel: int, content: str, parent: int | None =
         return cursor.lastrowid
 
 
+def old_database(db_path, monkeypatch, version: int) -> int:
+    """A database as a server of schema ``version`` left it, seeded; returns the general channel's id."""
+    with monkeypatch.context() as old_code:
+        old_code.setattr(storage, "_MIGRATIONS", storage._MIGRATIONS[:version])
+        old = Store(db_path)
+        old.seed_channels(FORUM_SEEDS, 168)
+        general = channel_id(old, "general")
+        old.close()
+    return general
+
+
 @pytest.fixture
 def db_path(tmp_path):
     return tmp_path / "data" / "superchat.db"
@@ -145,12 +156,7 @@ def test_refuses_a_database_from_a_newer_server(db_path):
 
 
 def test_migrates_a_version_1_database_and_keeps_its_data(db_path, monkeypatch):
-    with monkeypatch.context() as old_code:
-        old_code.setattr(storage, "_MIGRATIONS", storage._MIGRATIONS[:1])
-        old = Store(db_path)
-        old.seed_channels(FORUM_SEEDS, 168)
-        general = channel_id(old, "general")
-        old.close()
+    general = old_database(db_path, monkeypatch, version=1)
     root = insert_old_message(db_path, general, "from v1")
     reply = insert_old_message(db_path, general, "reply from v1", parent=root)
     sql(
@@ -205,12 +211,7 @@ def test_journal_is_wal_and_writes_are_fully_synchronous(store, db_path):
 
 
 def test_migrates_a_version_2_database_to_list_servers(db_path, monkeypatch):
-    with monkeypatch.context() as old_code:
-        old_code.setattr(storage, "_MIGRATIONS", storage._MIGRATIONS[:2])
-        old = Store(db_path)
-        old.seed_channels(FORUM_SEEDS, 168)
-        general = channel_id(old, "general")
-        old.close()
+    general = old_database(db_path, monkeypatch, version=2)
     kept = insert_old_message(db_path, general, "from v2")
     assert sql(db_path, "PRAGMA user_version") == [(2,)]
 
@@ -226,12 +227,7 @@ def test_migrates_a_version_2_database_to_list_servers(db_path, monkeypatch):
 
 
 def test_migrates_a_version_3_database_to_shadowed_posts(db_path, monkeypatch):
-    with monkeypatch.context() as old_code:
-        old_code.setattr(storage, "_MIGRATIONS", storage._MIGRATIONS[:3])
-        old = Store(db_path)
-        old.seed_channels(FORUM_SEEDS, 168)
-        general = channel_id(old, "general")
-        old.close()
+    general = old_database(db_path, monkeypatch, version=3)
     kept = insert_old_message(db_path, general, "from v3")
 
     s = Store(db_path)
