@@ -179,135 +179,161 @@ class StorageError(Exception):
 
 # Migrations are frozen SQL rather than create_table() calls on the models: a step must keep
 # producing the schema of its own version after the models have moved on. Append, never edit.
+# One text serves SQLite and PostgreSQL: identifiers are quoted ("User" is reserved in PostgreSQL),
+# integers are BIGINT (milliseconds overflow PostgreSQL's INTEGER; SQLite treats both alike), and
+# the few differences are named in braces and filled in from _DIALECT_TERMS.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
-        """CREATE TABLE Channel (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+        """CREATE TABLE "Channel" (
+            id {id},
             name TEXT NOT NULL UNIQUE,
             display_name TEXT NOT NULL,
             description TEXT,
-            channel_type INTEGER NOT NULL,
-            retention_hours INTEGER NOT NULL,
-            created_by INTEGER,
-            created_at INTEGER NOT NULL
+            channel_type BIGINT NOT NULL,
+            retention_hours BIGINT NOT NULL,
+            created_by BIGINT,
+            created_at BIGINT NOT NULL
         )""",
-        """CREATE TABLE User (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+        """CREATE TABLE "User" (
+            id {id},
             nickname TEXT NOT NULL UNIQUE,
-            user_flags INTEGER NOT NULL DEFAULT 0,
+            user_flags BIGINT NOT NULL DEFAULT 0,
             password_hash TEXT NOT NULL,
-            created_at INTEGER NOT NULL,
-            last_seen INTEGER
+            created_at BIGINT NOT NULL,
+            last_seen BIGINT
         )""",
         # parent_id has no ON DELETE action on purpose: retention removes a whole thread in one
         # statement (checked at its end), and a cascade would hide rows from the deleted count.
         # thread_root_id is NULL only inside the transaction that inserts a root.
-        """CREATE TABLE Message (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            channel_id INTEGER NOT NULL REFERENCES Channel(id) ON DELETE CASCADE,
-            subchannel_id INTEGER,
-            parent_id INTEGER REFERENCES Message(id),
-            thread_root_id INTEGER,
-            author_user_id INTEGER,
+        """CREATE TABLE "Message" (
+            id {id},
+            channel_id BIGINT NOT NULL REFERENCES "Channel"(id) ON DELETE CASCADE,
+            subchannel_id BIGINT,
+            parent_id BIGINT REFERENCES "Message"(id),
+            thread_root_id BIGINT,
+            author_user_id BIGINT,
             author_nickname TEXT NOT NULL,
             content TEXT NOT NULL,
-            created_at INTEGER NOT NULL,
-            edited_at INTEGER,
-            deleted_at INTEGER
+            created_at BIGINT NOT NULL,
+            edited_at BIGINT,
+            deleted_at BIGINT
         )""",
-        "CREATE INDEX idx_message_roots ON Message(channel_id, parent_id, id)",
+        'CREATE INDEX idx_message_roots ON "Message"(channel_id, parent_id, id)',
         # deleted_at makes reply counting index-only.
-        "CREATE INDEX idx_message_parent ON Message(parent_id, deleted_at) WHERE parent_id IS NOT NULL",
-        "CREATE INDEX idx_message_thread ON Message(thread_root_id)",
-        "CREATE INDEX idx_message_root_age ON Message(created_at) WHERE parent_id IS NULL",
+        'CREATE INDEX idx_message_parent ON "Message"(parent_id, deleted_at) WHERE parent_id IS NOT NULL',
+        'CREATE INDEX idx_message_thread ON "Message"(thread_root_id)',
+        'CREATE INDEX idx_message_root_age ON "Message"(created_at) WHERE parent_id IS NULL',
     ),
     (
-        """CREATE TABLE SSHKey (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            user_id INTEGER NOT NULL REFERENCES User(id) ON DELETE CASCADE,
+        """CREATE TABLE "SSHKey" (
+            id {id},
+            user_id BIGINT NOT NULL REFERENCES "User"(id) ON DELETE CASCADE,
             fingerprint TEXT NOT NULL UNIQUE,
             public_key TEXT NOT NULL,
             key_type TEXT NOT NULL,
             label TEXT,
-            added_at INTEGER NOT NULL,
-            last_used_at INTEGER
+            added_at BIGINT NOT NULL,
+            last_used_at BIGINT
         )""",
-        "CREATE INDEX idx_ssh_key_user ON SSHKey(user_id)",
+        'CREATE INDEX idx_ssh_key_user ON "SSHKey"(user_id)',
         # SET NULL keeps the bans of a deleted account as history; a recorded nickname still
         # matches whoever takes that nickname next, as it would have before the deletion.
-        """CREATE TABLE Ban (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+        """CREATE TABLE "Ban" (
+            id {id},
             ban_type TEXT NOT NULL CHECK (ban_type IN ('user', 'ip')),
-            user_id INTEGER REFERENCES User(id) ON DELETE SET NULL,
+            user_id BIGINT REFERENCES "User"(id) ON DELETE SET NULL,
             nickname TEXT,
             ip_cidr TEXT,
             reason TEXT NOT NULL,
-            shadowban INTEGER NOT NULL,
-            banned_at INTEGER NOT NULL,
-            banned_until INTEGER,
+            shadowban {flag} NOT NULL,
+            banned_at BIGINT NOT NULL,
+            banned_until BIGINT,
             banned_by TEXT NOT NULL,
             CHECK ((ban_type = 'ip') = (ip_cidr IS NOT NULL))
         )""",
-        "CREATE INDEX idx_ban_user ON Ban(user_id)",
-        "CREATE INDEX idx_ban_nickname ON Ban(nickname)",
-        "CREATE INDEX idx_ban_ip ON Ban(ip_cidr)",
+        'CREATE INDEX idx_ban_user ON "Ban"(user_id)',
+        'CREATE INDEX idx_ban_nickname ON "Ban"(nickname)',
+        'CREATE INDEX idx_ban_ip ON "Ban"(ip_cidr)',
         # No foreign key on admin_user_id: the audit trail outlives the admin's account.
-        """CREATE TABLE AdminAction (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            admin_user_id INTEGER NOT NULL,
+        """CREATE TABLE "AdminAction" (
+            id {id},
+            admin_user_id BIGINT NOT NULL,
             admin_nickname TEXT NOT NULL,
             action TEXT NOT NULL,
             details TEXT NOT NULL,
-            performed_at INTEGER NOT NULL
+            performed_at BIGINT NOT NULL
         )""",
         # subchannel_key is 0 for "no subchannel": NULLs never collide in a key, so a NULL
         # subchannel would defeat the upsert.
-        """CREATE TABLE ReadState (
-            user_id INTEGER NOT NULL REFERENCES User(id) ON DELETE CASCADE,
-            channel_id INTEGER NOT NULL REFERENCES Channel(id) ON DELETE CASCADE,
-            subchannel_key INTEGER NOT NULL,
-            last_read_at INTEGER NOT NULL,
+        """CREATE TABLE "ReadState" (
+            user_id BIGINT NOT NULL REFERENCES "User"(id) ON DELETE CASCADE,
+            channel_id BIGINT NOT NULL REFERENCES "Channel"(id) ON DELETE CASCADE,
+            subchannel_key BIGINT NOT NULL,
+            last_read_at BIGINT NOT NULL,
             PRIMARY KEY (user_id, channel_id, subchannel_key)
-        ) WITHOUT ROWID""",
-        "CREATE INDEX idx_read_state_channel ON ReadState(channel_id)",
+        ){without_rowid}""",
+        'CREATE INDEX idx_read_state_channel ON "ReadState"(channel_id)',
         # The unread counts read only these indexes (deleted_at makes them covering).
         # idx_message_thread stays: list_thread reads threads in id order through it.
-        "CREATE INDEX idx_message_unread ON Message(channel_id, subchannel_id, created_at, deleted_at)",
-        "CREATE INDEX idx_message_thread_unread ON Message(thread_root_id, created_at, deleted_at)",
+        'CREATE INDEX idx_message_unread ON "Message"(channel_id, subchannel_id, created_at, deleted_at)',
+        'CREATE INDEX idx_message_thread_unread ON "Message"(thread_root_id, created_at, deleted_at)',
         # Anonymising a deleted account's messages must not read the whole Message table.
-        "CREATE INDEX idx_message_author ON Message(author_user_id) WHERE author_user_id IS NOT NULL",
+        'CREATE INDEX idx_message_author ON "Message"(author_user_id) WHERE author_user_id IS NOT NULL',
     ),
     (
-        """CREATE TABLE DiscoveredServer (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
+        """CREATE TABLE "DiscoveredServer" (
+            id {id},
             hostname TEXT NOT NULL,
-            port INTEGER NOT NULL,
+            port BIGINT NOT NULL,
             name TEXT NOT NULL,
             description TEXT NOT NULL,
-            user_count INTEGER NOT NULL,
-            max_users INTEGER NOT NULL,
-            uptime_seconds INTEGER NOT NULL,
-            is_public INTEGER NOT NULL,
-            channel_count INTEGER NOT NULL,
-            last_seen INTEGER NOT NULL,
+            user_count BIGINT NOT NULL,
+            max_users BIGINT NOT NULL,
+            uptime_seconds BIGINT NOT NULL,
+            is_public {flag} NOT NULL,
+            channel_count BIGINT NOT NULL,
+            last_seen BIGINT NOT NULL,
             source_ip TEXT NOT NULL,
-            created_at INTEGER NOT NULL,
+            created_at BIGINT NOT NULL,
             UNIQUE (hostname, port)
         )""",
         # The list is read newest first, and stale servers are found by age.
-        "CREATE INDEX idx_discovered_server_last_seen ON DiscoveredServer(last_seen)",
+        'CREATE INDEX idx_discovered_server_last_seen ON "DiscoveredServer"(last_seen)',
     ),
     (
-        "ALTER TABLE Message ADD COLUMN shadowed INTEGER NOT NULL DEFAULT 0",
+        'ALTER TABLE "Message" ADD COLUMN shadowed {flag} NOT NULL DEFAULT FALSE',
         # Reply and unread counts leave shadowed posts out and must stay index-only.
         "DROP INDEX idx_message_parent",
-        "CREATE INDEX idx_message_parent ON Message(parent_id, deleted_at, shadowed) WHERE parent_id IS NOT NULL",
+        'CREATE INDEX idx_message_parent ON "Message"(parent_id, deleted_at, shadowed) WHERE parent_id IS NOT NULL',
         "DROP INDEX idx_message_unread",
         "DROP INDEX idx_message_thread_unread",
-        "CREATE INDEX idx_message_unread ON Message(channel_id, subchannel_id, created_at, deleted_at, shadowed)",
-        "CREATE INDEX idx_message_thread_unread ON Message(thread_root_id, created_at, deleted_at, shadowed)",
+        'CREATE INDEX idx_message_unread ON "Message"(channel_id, subchannel_id, created_at, deleted_at, shadowed)',
+        'CREATE INDEX idx_message_thread_unread ON "Message"(thread_root_id, created_at, deleted_at, shadowed)',
     ),
 )
+
+
+_DIALECT_TERMS = {
+    "sqlite": {
+        # AUTOINCREMENT: ids are never reused, even after the newest row is deleted.
+        "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
+        "flag": "INTEGER",
+        "without_rowid": " WITHOUT ROWID",
+    },
+    "postgresql": {
+        "id": "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY",
+        "flag": "BOOLEAN",
+        "without_rowid": "",
+    },
+}
+# Two servers starting on one PostgreSQL database take turns at migrating it.
+_MIGRATION_LOCK_KEY = 0x5C_0001
+
+
+def _migration(dialect: str, number: int) -> list[str]:
+    """The statements of migration ``number`` (1-based) for ``dialect``, "sqlite" or "postgresql"."""
+    terms = _DIALECT_TERMS[dialect]
+    return [statement.format(**terms) for statement in _MIGRATIONS[number - 1]]
 
 
 # The per-post write path (see Store._insert_post).
@@ -608,15 +634,38 @@ def _open(path: Path, lock_type: str | None = None) -> peewee.SqliteDatabase:
     return db
 
 
-def _migrate(db: peewee.SqliteDatabase) -> None:
+def _migrate(db: peewee.Database) -> None:
+    """Bring the schema of a SQLite or PostgreSQL database up to this server's version."""
+    postgres = isinstance(db, peewee.PostgresqlDatabase)
+    dialect = "postgresql" if postgres else "sqlite"
     with db.atomic():
-        (version,) = db.execute_sql("PRAGMA user_version").fetchone()
+        if postgres:
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+        version = _schema_version(db, postgres)
         if version > len(_MIGRATIONS):
             raise StorageError(f"database schema version {version} is newer than this server ({len(_MIGRATIONS)})")
-        for number, statements in enumerate(_MIGRATIONS[version:], start=version + 1):
-            for statement in statements:
+        for number in range(version + 1, len(_MIGRATIONS) + 1):
+            for statement in _migration(dialect, number):
                 db.execute_sql(statement)
-            db.execute_sql(f"PRAGMA user_version = {number}")
+        if version < len(_MIGRATIONS):
+            _set_schema_version(db, postgres, len(_MIGRATIONS))
+
+
+def _schema_version(db: peewee.Database, postgres: bool) -> int:
+    if not postgres:
+        return db.execute_sql("PRAGMA user_version").fetchone()[0]
+    # PostgreSQL has no user_version: a one-row table holds it, made with the first migration.
+    db.execute_sql('CREATE TABLE IF NOT EXISTS "SchemaVersion" (version BIGINT NOT NULL)')
+    row = db.execute_sql('SELECT version FROM "SchemaVersion"').fetchone()
+    return row[0] if row else 0
+
+
+def _set_schema_version(db: peewee.Database, postgres: bool, version: int) -> None:
+    if not postgres:
+        db.execute_sql(f"PRAGMA user_version = {version}")
+        return
+    db.execute_sql('DELETE FROM "SchemaVersion"')
+    db.execute_sql('INSERT INTO "SchemaVersion" (version) VALUES (%s)', (version,))
 
 
 class Store:
