@@ -219,3 +219,20 @@ def test_ssh_sign_ups_share_the_registration_budget_of_the_address(ssh_server, k
         client.recv(timeout=15)
     assert "Permission denied" in stream.stderr()
     stream.close()
+
+
+def test_a_banned_address_is_refused_before_any_account_is_made(ssh_server, keys):
+    server = ssh_server({"server": {"admin_users": ["root"]}})
+    admin = Client(server.port, source="127.0.0.2")
+    admin.handshake()
+    admin.register("root", CLIENT_HASH)
+    admin.send(m.BanIP(ip_cidr="127.0.0.1", reason="abuse"))
+    assert admin.expect(m.IPBanned).success
+    client, stream = ssh_client(server, "newcomer", make_key(keys), keys / "known_hosts")
+    try:
+        assert isinstance(client.recv(), m.ServerConfig)
+        assert client.expect(m.Error).error_code == 3000
+    finally:
+        stream.close()
+    admin.send(m.ListUsers(limit=100, include_offline=True))
+    assert "newcomer" not in {user.nickname for user in admin.expect(m.UserList).users}

@@ -188,12 +188,14 @@ class SshHandler:
             if channel is None or gate.offer is None:
                 log.info("SSH connection from %s ended before a session opened", host)
                 return
+            link = SshLink(channel)
+            # A banned address or one over its cap is told so before any account is made for it.
+            if not self._runner.admit(link, address):
+                return
             user = self._account(gate.offer, host)
             if user is None:
                 return
-            link = SshLink(channel)
-            if self._runner.admit(link, address):
-                self._runner.run(link, address, lambda session: self._signed_in(session, user.id, gate.offer))
+            self._runner.run(link, address, lambda session: self._signed_in(session, user.id, gate.offer))
         except (paramiko.SSHException, EOFError, OSError) as exc:
             log.info("SSH connection from %s failed: %s", host, exc or type(exc).__name__)
         finally:
