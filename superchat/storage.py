@@ -1030,14 +1030,18 @@ class Store:
         )
 
     @_storage_errors()
-    def edit_message(self, message_id: int, content: str) -> MessageRow | None:
+    def edit_message(self, message_id: int, content: str, shadowed: bool = False) -> MessageRow | None:
+        """``shadowed``: edited under a shadowban, which hides the message from then on."""
         with self._writer.atomic():
             message = self._message(self._writer, message_id)
             if message is None or message.deleted_at is not None:
                 return None
             now = _now_ms()
-            _Message.update(content=content, edited_at=now).where(_Message.id == message_id).execute(self._writer)
-        return replace(message, content=content, edited_at=now)
+            shadowed = message.shadowed or shadowed
+            _Message.update(content=content, edited_at=now, shadowed=shadowed).where(
+                _Message.id == message_id
+            ).execute(self._writer)
+        return replace(message, content=content, edited_at=now, shadowed=shadowed)
 
     @_storage_errors()
     def soft_delete_message(self, message_id: int) -> MessageRow | None:

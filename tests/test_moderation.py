@@ -479,6 +479,25 @@ def test_shadowed_posts_stay_out_of_history_and_edit_notices_for_everyone_else(s
     assert shown in _listed(member, general)
 
 
+def test_an_edit_under_a_shadowban_publishes_nothing(srv, open_client):
+    admin, _ = registered(open_client, srv, ADMIN)
+    troll, _ = registered(open_client, srv, "troll", source="127.0.0.2")
+    member, _ = registered(open_client, srv, "member", source="127.0.0.3")
+    general = admin.channel_id("general")
+    _subscribed(member, general)
+    earlier = troll.post(general, "an innocent post")
+    assert member.expect(m.NewMessage).id == earlier
+    member.send(m.JoinChannel(channel_id=general))
+    assert member.expect(m.JoinResponse).success
+    assert ban_user(admin, nickname="troll", reason="spam", shadowban=True).success
+
+    troll.send(m.EditMessage(message_id=earlier, new_content="SPAM"))
+    assert troll.expect(m.MessageEdited).new_content == "SPAM"  # the author notices nothing
+    member.assert_silent(0.3)
+    assert earlier not in _listed(member, general)
+    assert _listed(admin, general)[earlier].content == "SPAM"
+
+
 def test_expired_shadowban_no_longer_hides_posts_of_a_live_session(srv, open_client):
     admin, _ = registered(open_client, srv, ADMIN)
     troll, _ = registered(open_client, srv, "troll", source="127.0.0.2")

@@ -4,8 +4,11 @@ OpenSSH cannot be made to try something)."""
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
+import threading
+import time
 
 import paramiko
 import pytest
@@ -236,3 +239,52 @@ def test_a_banned_address_is_refused_before_any_account_is_made(ssh_server, keys
         stream.close()
     admin.send(m.ListUsers(limit=100, include_offline=True))
     assert "newcomer" not in {user.nickname for user in admin.expect(m.UserList).users}
+
+
+class _PausableSocket:
+    """A client socket whose reading can be stopped, as by a client that stops reading."""
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self.paused = threading.Event()
+
+    def recv(self, size: int) -> bytes:
+        if self.paused.is_set():
+            time.sleep(0.05)
+            raise TimeoutError
+        return self._sock.recv(size)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+def test_an_ssh_client_that_stops_reading_is_dropped_without_holding_up_others(ssh_server, tmp_path):
+    server = ssh_server({"limits": {"message_rate_limit": 65535}})
+    raw = socket.create_connection(("127.0.0.1", server.ssh_port), timeout=10)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    pausable = _PausableSocket(raw)
+    transport = paramiko.Transport(pausable)
+    try:
+        transport.start_client(timeout=10)
+        transport.auth_publickey("slowpoke", paramiko.Ed25519Key.from_path(make_key(tmp_path)))
+        # The client grants a huge window: SSH flow control alone would never hold the server back.
+        channel = transport.open_session(window_size=2**31 - 1)
+        channel.invoke_shell()
+        slow = Client(0, sock=channel, timeout=10)
+        signed_in(slow)
+        general = slow.channel_id("general")
+        slow.subscribe_channel(general)
+        pausable.paused.set()
+
+        poster = Client(server.port, timeout=10)
+        poster.handshake("poster")
+        poster.subscribe_channel(general)
+        for number in range(3000):  # 12 MB for the stalled reader, three times its outbound limit
+            poster.post(general, f"{number:04d}" + "x" * 3996)
+            poster.expect(m.NewMessage)
+            if "outbound queue overflow" in server.log_text():
+                break
+        server.wait_for_log("Session 1 (slowpoke) disconnected: outbound queue overflow")
+        assert number < 2999
+    finally:
+        transport.close()

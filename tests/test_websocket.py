@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from wsproto.events import CloseConnection, Message
 
 from superchat.protocol import FrameDecoder, encode_message
 from superchat.protocol import messages as m
@@ -218,3 +219,23 @@ def test_a_real_browser_chats_over_websocket(web_server, tmp_path):
         browser.wait(timeout=10)
         host.shutdown()
     server.wait_for_log("set nickname: browser")
+
+
+def test_a_client_closing_mid_request_disturbs_no_one(web_server):
+    server = web_server()
+    web, stream = web_client(server, "webby")
+    general = web.channel_id("general")
+    web.subscribe_channel(general)  # the closing session is in the audience of what follows
+    poster = Client(server.port)
+    poster.handshake("poster")
+    poster.subscribe_channel(general)
+    watcher = Client(server.port)
+    watcher.handshake("watcher")
+    watcher.subscribe_channel(general)
+    # A request whose handler yields (bcrypt on a thread), then Close, in one TCP write.
+    stream.sock.sendall(stream.ws.send(Message(data=encode_message(m.RegisterUser(password="h" * 44))))
+                        + stream.ws.send(CloseConnection(code=1000)))
+    poster.post(general, "hello")
+    assert watcher.expect(m.NewMessage).content == "hello"
+    server.wait_for_log("Session 1 (webby) closed")
+    assert "handler failed" not in server.log_text()

@@ -322,7 +322,7 @@ class Directory:
                 log.info("Directory %s no longer lists this server; registering again", where)
                 listed_as = ""
                 continue
-            except PeerError as exc:
+            except (PeerError, StorageError) as exc:  # the database: counting our own channels
                 log.warning("Announcing to directory %s failed: %s (retrying in %.0f s)", where, exc, retry)
                 gevent.sleep(retry)
                 retry = min(retry * 2, RETRY_MAX_SECONDS)

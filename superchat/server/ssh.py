@@ -20,12 +20,13 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+import gevent
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ..protocol import flags, messages
-from ..storage import NicknameTaken, SSHKeyExists, UserRow
+from ..storage import NicknameTaken, SSHKeyExists, StorageError, UserRow
 from .bans import now_ms
 from .context import ServerContext
 from .handlers.accounts import acceptable_nickname, complete_sign_in
@@ -88,21 +89,28 @@ class SshLink:
         return self._channel.recv(RECV_BYTES)
 
     def try_write(self, data: bytes) -> int:
-        # With window space, send() takes what fits at once; without, it would wait.
-        if not self._channel.send_ready():
-            return 0
-        return self._channel.send(data)
+        # paramiko's send may block on the TCP socket under it whatever the SSH window says (the
+        # client chooses the window), so nothing is written from the sender's greenlet: the
+        # session's flusher writes, and the outbound limit drops a client that stopped reading.
+        return 0
 
     def write_all(self, data: bytes) -> None:
-        self._channel.sendall(data)
+        try:
+            self._channel.sendall(data)
+        except paramiko.SSHException as exc:
+            raise OSError(str(exc)) from exc
 
     def shutdown(self) -> None:
+        # In a greenlet of its own: saying goodbye may block on a client that stopped reading.
+        gevent.spawn(self._say_goodbye)
+
+    def _say_goodbye(self) -> None:
         # An exit status first: OpenSSH's client then ends with status 0, as after a shell.
         try:
             self._channel.send_exit_status(0)
+            self._channel.close()
         except (paramiko.SSHException, OSError):
             pass
-        self._channel.close()
 
     def close(self) -> None:
         self._channel.close()
@@ -198,6 +206,8 @@ class SshHandler:
             self._runner.run(link, address, lambda session: self._signed_in(session, user.id, gate.offer))
         except (paramiko.SSHException, EOFError, OSError) as exc:
             log.info("SSH connection from %s failed: %s", host, exc or type(exc).__name__)
+        except StorageError as exc:
+            log.error("SSH connection from %s failed: database error: %s", host, exc)
         finally:
             # The client hangs up once its channel is closed; closing first could reset the
             # connection and lose the last frames still on their way, a refusal among them.

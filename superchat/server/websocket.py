@@ -29,6 +29,7 @@ from wsproto.events import (
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
+from ..storage import StorageError
 from .links import RECV_BYTES, TcpLink
 from .transport import SessionRunner
 
@@ -58,6 +59,10 @@ class WebSocketLink(TcpLink):
         self._control = send_wrapped
 
     def wrap(self, frame: bytes) -> bytes:
+        # Once the client has closed (or broken the protocol) nothing more may be sent; the
+        # session ends as soon as its reader sees that.
+        if self._ws.state is not ConnectionState.OPEN:
+            return b""
         return self._ws.send(Message(data=frame))
 
     def recv(self) -> bytes:
@@ -141,10 +146,20 @@ class PublicHttpHandler:
             if request.method not in (b"GET", b"HEAD"):
                 _respond(sock, http, 405, b"Method not allowed\n", [(b"Allow", b"GET, HEAD")])
             else:
-                _respond(sock, http, 200, self._servers_json(), [(b"Content-Type", b"application/json")],
-                         head=request.method == b"HEAD")
+                self._serve_servers_json(sock, http, head=request.method == b"HEAD")
         else:
             _respond(sock, http, 404, b"Not found\n")
+
+    def _serve_servers_json(self, sock: socket.socket, http: h11.Connection, head: bool) -> None:
+        try:
+            body = self._servers_json()
+        except StorageError as exc:
+            log.error("/servers.json failed: database error: %s", exc)
+            _respond(sock, http, 500, b"Internal server error\n")
+            return
+        # Any web page may read the list, as the reference server allows.
+        _respond(sock, http, 200, body, [(b"Content-Type", b"application/json"),
+                                         (b"Access-Control-Allow-Origin", b"*")], head=head)
 
     def _websocket(self, sock: socket.socket, address: tuple, http: h11.Connection, request: h11.Request) -> None:
         ws = WSConnection(ConnectionType.SERVER)
@@ -195,7 +210,8 @@ def _respond(sock: socket.socket, http: h11.Connection, status: int, body: bytes
         pass
 
 
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 426: b"Upgrade Required"}
+_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed", 426: b"Upgrade Required",
+            500: b"Internal Server Error"}
 
 
 def _peer(sock: socket.socket) -> str:

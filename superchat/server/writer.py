@@ -58,6 +58,9 @@ class Writer:
                     else:
                         for (_, result), row in zip(batch, rows, strict=True):
                             result.set(row)
+                # gevent's semaphore is not fair: without a yield here the next batch would take
+                # the turn again at once, and under steady posting no other write would get one.
+                gevent.sleep(0)
         finally:
             self._committer = None
 

@@ -9,6 +9,7 @@ from ..bans import now_ms
 from ..context import ServerContext
 from ..directory import PeerError, address_text, verify_server
 from ..outbound import Refused, send
+from ..passwords import LoginThrottle
 from ..session import Session
 
 log = logging.getLogger("superchat.directory")
@@ -30,7 +31,7 @@ def register_server(ctx: ServerContext, session: Session, msg) -> None:
         send(session, messages.RegisterAck(success=False, message=text))
 
     # Counted before anything else, so that malformed requests cannot probe for free either.
-    if not ctx.directory.registrations.allow(session.host):
+    if not ctx.directory.registrations.allow(LoginThrottle.source(session.host)):
         refuse("Rate limit exceeded (30 requests/hour)")
         return
     problem = _registration_problem(msg)

@@ -123,7 +123,9 @@ def edit_message(ctx: ServerContext, session: Session, msg) -> None:
         raise Refused(ErrorCode.PERMISSION_DENIED, "You can only edit your own messages")
     if row.deleted_at is not None:
         raise Refused(ErrorCode.INVALID_INPUT, "Cannot edit deleted message")
-    edited = ctx.writer.run(ctx.store.edit_message, msg.message_id, msg.new_content)
+    # Editing under a shadowban must not publish the new text: the message is hidden from then on.
+    ban = ctx.bans.user_ban(session.user_id, session.nickname)
+    edited = ctx.writer.run(ctx.store.edit_message, msg.message_id, msg.new_content, ban is not None)
     if edited is None:  # deleted between the check and the write
         raise Refused(ErrorCode.INVALID_INPUT, "Cannot edit deleted message")
     log.info("Session %d (%s) edited message %d", session.id, session.nickname, edited.id)
