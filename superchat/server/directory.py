@@ -69,6 +69,24 @@ SELF_HOSTNAME_FALLBACK = "localhost"
 class PeerError(Exception):
     """A conversation with another server failed; str() says why."""
 
+    @property
+    def public_text(self) -> str:
+        """Why, as far as the client that asked may know."""
+        return str(self)
+
+
+class Unreachable(PeerError):
+    """No connection to the other server could be made."""
+
+    def __init__(self, where: str, why: str):
+        super().__init__(f"could not connect to {where}: {why}")
+        self.where = where
+
+    @property
+    def public_text(self) -> str:
+        # Refused or timed out would tell a client which ports answer on the directory's network.
+        return f"could not connect to {self.where}"
+
 
 class PeerRefused(PeerError):
     """The other server answered with an ERROR frame."""
@@ -96,10 +114,10 @@ class PeerConnection:
         where = address_text(host, port)
         # The timeout covers the name lookup too, which the socket timeout does not.
         try:
-            with gevent.Timeout(CONNECT_SECONDS, PeerError(f"could not connect to {where}: timed out")):
+            with gevent.Timeout(CONNECT_SECONDS, Unreachable(where, "timed out")):
                 sock = socket.create_connection((host, port), timeout=CONNECT_SECONDS)
         except (OSError, ValueError) as exc:  # ValueError: a name the resolver cannot even encode
-            raise PeerError(f"could not connect to {where}: {exc}") from exc
+            raise Unreachable(where, str(exc)) from exc
         peer = cls(sock)
         try:
             config = peer.expect(messages.ServerConfig, FRAME_SECONDS)

@@ -44,7 +44,7 @@ def register_server(ctx: ServerContext, session: Session, msg) -> None:
     except PeerError as exc:
         log.warning("Session %d: registration of %s from %s refused: could not verify: %s",
                     session.id, where, session.host, exc)
-        refuse(f"Could not verify server: {exc}")
+        refuse(f"Could not verify server: {exc.public_text}")
         return
     ctx.writer.run(
         ctx.store.register_server,
