@@ -79,6 +79,10 @@ class WebSocketStream:
         self.sock.settimeout(seconds)
 
     def recv(self, size: int) -> bytes:
+        # Events may already wait in wsproto (e.g. a message that came with the handshake's reply):
+        # take those before waiting for the socket.
+        for event in self.ws.events():
+            self._take(event)
         while not self._ready:
             if self.close_code is not None:
                 return b""

@@ -23,8 +23,9 @@ class Session:
     """One client connection: identity, joined channel, subscriptions and an outbound queue.
 
     Sending never blocks the caller: a frame goes straight to the kernel when the
-    transport has room (the common case, one syscall, no greenlet), otherwise it waits in
-    ``_pending`` for a short-lived flusher greenlet that writes as the transport drains.
+    link takes it at once (TCP and WebSocket with room: one syscall, no greenlet),
+    otherwise it waits in ``_pending`` for a short-lived flusher greenlet that writes as
+    the link drains (SSH always goes this way).
     """
 
     __slots__ = (
