@@ -12,6 +12,8 @@ import time
 
 import paramiko
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from superchat.protocol import messages as m
 from tests.client import Client, ConnectionClosed
@@ -288,3 +290,23 @@ def test_an_ssh_client_that_stops_reading_is_dropped_without_holding_up_others(s
         assert number < 2999
     finally:
         transport.close()
+
+
+def test_an_existing_rsa_host_key_in_pem_is_used_as_it_is(ssh_server, keys, tmp_path):
+    """The key file the reference server writes (RSA, PKCS#1 PEM) keeps serving after a switch."""
+    root = tmp_path / "switched"
+    host_key = root / ".superchat" / "ssh_host_key"
+    host_key.parent.mkdir(parents=True)
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+    )
+    host_key.write_bytes(pem)
+    host_key.chmod(0o600)
+    server = ssh_server(root=root)
+    client, stream = ssh_client(server, "switcher", make_key(keys), keys / "known_hosts")
+    try:
+        assert signed_in(client).nickname == "switcher"
+    finally:
+        stream.close()
+    assert host_key.read_bytes() == pem
+    assert "ssh-rsa" in (keys / "known_hosts").read_text()
