@@ -48,6 +48,22 @@ def ssh_client(server, user: str, key, known_hosts, strict: str = "accept-new") 
     return Client(0, sock=stream, timeout=15), stream
 
 
+def tcp_account(server, nickname: str, source: str | None = None) -> tuple[Client, int]:
+    """A TCP session signed into a newly registered account; returns it and the user id."""
+    client = Client(server.port, source=source)
+    client.handshake()
+    return client, client.register(nickname, CLIENT_HASH)
+
+
+def assert_refused_at_sign_in(client: Client, stream: OpenSshStream) -> None:
+    """OpenSSH was turned away before any session opened."""
+    with pytest.raises(ConnectionClosed):
+        client.recv(timeout=15)
+    assert "Permission denied" in stream.stderr()
+    assert stream.proc.returncode != 0
+    stream.close()
+
+
 def signed_in(client: Client) -> m.AuthResponse:
     assert isinstance(client.recv(), m.ServerConfig)
     reply = client.expect(m.AuthResponse)
@@ -97,9 +113,7 @@ def test_a_new_key_creates_the_account_and_chats_live(ssh_server, keys):
 
 def test_a_registered_key_signs_into_its_owner_whatever_the_user_name(ssh_server, keys):
     server = ssh_server()
-    owner = Client(server.port)
-    owner.handshake()
-    user_id = owner.register("alice", CLIENT_HASH)
+    owner, user_id = tcp_account(server, "alice")
     key = make_key(keys)
     owner.send(m.AddSSHKey(public_key=(keys / "id_ed25519.pub").read_text(), label="laptop"))
     assert owner.expect(m.SSHKeyAdded).success
@@ -114,15 +128,9 @@ def test_a_registered_key_signs_into_its_owner_whatever_the_user_name(ssh_server
 
 def test_an_unknown_key_cannot_take_a_registered_name(ssh_server, keys):
     server = ssh_server()
-    owner = Client(server.port)
-    owner.handshake()
-    owner.register("bob", CLIENT_HASH)
+    owner, _ = tcp_account(server, "bob")
     client, stream = ssh_client(server, "bob", make_key(keys), keys / "known_hosts")
-    with pytest.raises(ConnectionClosed):
-        client.recv(timeout=15)
-    assert "Permission denied" in stream.stderr()
-    assert stream.proc.returncode != 0
-    stream.close()
+    assert_refused_at_sign_in(client, stream)
 
 
 def test_invalid_user_names_and_passwords_are_refused(ssh_server, keys):
@@ -171,9 +179,7 @@ def test_a_banned_account_is_told_and_disconnected(ssh_server, keys):
     client, stream = ssh_client(server, "dave", key, keys / "known_hosts")
     signed_in(client)
     stream.close()
-    admin = Client(server.port)
-    admin.handshake()
-    admin.register("root", CLIENT_HASH)
+    admin, _ = tcp_account(server, "root")
     admin.send(m.BanUser(nickname="dave", reason="spam", shadowban=False))
     admin.expect(m.UserBanned)
 
@@ -216,21 +222,14 @@ def test_an_unusable_host_key_stops_the_server_with_one_line(tmp_path):
 
 def test_ssh_sign_ups_share_the_registration_budget_of_the_address(ssh_server, keys):
     server = ssh_server({"limits": {"max_registrations_per_hour": 1}})
-    first = Client(server.port)
-    first.handshake()
-    first.register("tcpfirst", CLIENT_HASH)
+    first, _ = tcp_account(server, "tcpfirst")
     client, stream = ssh_client(server, "sshlater", make_key(keys), keys / "known_hosts")
-    with pytest.raises(ConnectionClosed):
-        client.recv(timeout=15)
-    assert "Permission denied" in stream.stderr()
-    stream.close()
+    assert_refused_at_sign_in(client, stream)
 
 
 def test_a_banned_address_is_refused_before_any_account_is_made(ssh_server, keys):
     server = ssh_server({"server": {"admin_users": ["root"]}})
-    admin = Client(server.port, source="127.0.0.2")
-    admin.handshake()
-    admin.register("root", CLIENT_HASH)
+    admin, _ = tcp_account(server, "root", source="127.0.0.2")
     admin.send(m.BanIP(ip_cidr="127.0.0.1", reason="abuse"))
     assert admin.expect(m.IPBanned).success
     client, stream = ssh_client(server, "newcomer", make_key(keys), keys / "known_hosts")
