@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     if config is None:  # --version or --help answered
         return 0
     try:
-        logs.configure(config.data_dir, config.debug, config.log_format)
+        logs.configure(config.data_dir, config.debug, config.log_format, config.node_id)
     except OSError as exc:
         print(f"scd: cannot open log files: {exc}", file=sys.stderr)
         return 1

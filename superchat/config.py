@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
@@ -51,6 +52,7 @@ class Config:
     ssh_host_key: str
     bind_address: str
     database_path: Path
+    database_url: str
     admin_users: tuple[str, ...]
     # [limits]
     max_connections_per_ip: int
@@ -81,6 +83,9 @@ class Config:
     pprof_port: int
     pprof_bind: str
     log_format: str
+    # [cluster]
+    redis_url: str
+    node_id: str
     # run-time
     config_path: Path
     data_dir: Path
@@ -137,6 +142,7 @@ def _check_str(value: Any) -> str:
     return value
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 LOG_FORMATS = ("text", "json")
 
 
@@ -144,6 +150,28 @@ def _check_log_format(value: Any) -> str:
     value = _check_str(value)
     if value not in LOG_FORMATS:
         raise _Invalid(f"expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
+    return value
+
+
+def _check_redis_url(value: Any) -> str:
+    value = _check_str(value).strip()
+    if value and not value.startswith(REDIS_SCHEMES):
+        raise _Invalid(f"expected a URL starting with {', '.join(REDIS_SCHEMES)}, got {value!r}")
+    return value
+
+
+POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
+# What --db takes for a database URL rather than a file name.
+_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
+
+
+def _check_database_url(value: Any) -> str:
+    value = _check_str(value).strip()
+    if value and not value.startswith(POSTGRESQL_SCHEMES):
+        # Only the scheme is named: the rest of a URL may hold a password.
+        scheme = _URL_SCHEME.match(value)
+        got = f"a {scheme[1]}:// URL" if scheme else "no URL scheme"
+        raise _Invalid(f"expected a URL starting with {' or '.join(POSTGRESQL_SCHEMES)}, got {got}")
     return value
 
 
@@ -235,6 +263,8 @@ STR = _Kind(_check_str, lambda text: text)
 LOG_FORMAT = _Kind(_check_log_format, _check_log_format)
 NAMES = _Kind(_check_names, _parse_names)
 CHANNELS = _Kind(_check_channels, _no_text)
+REDIS_URL = _Kind(_check_redis_url, _check_redis_url)
+DATABASE_URL = _Kind(_check_database_url, _check_database_url)
 
 
 @dataclass(frozen=True)
@@ -283,6 +313,10 @@ _KEYS: tuple[_Key, ...] = (
         "SQLite database file; empty = $XDG_DATA_HOME/superchat/superchat.db "
         "(else ~/.local/share/superchat/superchat.db).",
     ),
+    _Key(
+        "server", "database_url", DATABASE_URL, "",
+        "PostgreSQL database, e.g. postgresql://user:password@host:5432/superchat; empty = SQLite at database_path.",
+    ),
     _Key("server", "admin_users", NAMES, (), "Nicknames with admin rights, e.g. [\"alice\", \"bob\"]."),
     _Key("limits", "max_connections_per_ip", INT, 10, "Concurrent connections allowed from one IP.", 1, 255),
     _Key("limits", "message_rate_limit", INT, 10, "Messages per minute per session.", 1, _U16),
@@ -320,6 +354,9 @@ _KEYS: tuple[_Key, ...] = (
     _Key("observability", "pprof_port", INT, 6060, "Port of /debug/pprof/ (0 = any free port).", 0, _U16),
     _Key("observability", "pprof_bind", STR, "127.0.0.1", "Address of the profiling server; keep it internal."),
     _Key("observability", "log_format", LOG_FORMAT, "text", "Log line format: text or json (one object a line)."),
+    _Key("cluster", "redis_url", REDIS_URL, "",
+         "Redis shared by the nodes of one server (redis://host:6379/0); empty = a single node."),
+    _Key("cluster", "node_id", STR, "", "This node's name in /health, metrics and logs; empty = hostname:tcp_port."),
 )
 _BY_NAME = {key.name: key for key in _KEYS}
 _SECTIONS = {key.section: [k for k in _KEYS if k.section == key.section] for key in _KEYS}
@@ -437,7 +474,6 @@ class _Parser(argparse.ArgumentParser):
 # flag -> key whose value it overrides, parsed and range-checked like the env var
 _VALUE_FLAGS = {
     "port": "tcp_port",
-    "db": "database_path",
     "bind": "bind_address",
     "server_name": "server_name",
     "server_description": "server_description",
@@ -446,6 +482,8 @@ _VALUE_FLAGS = {
     "pprof_port": "pprof_port",
     "pprof_bind": "pprof_bind",
     "log_format": "log_format",
+    "redis": "redis_url",
+    "node_id": "node_id",
 }
 
 
@@ -456,7 +494,8 @@ def _parser() -> _Parser:
                    help=f"config file, created with defaults if missing (default: {DEFAULT_CONFIG_PATH})")
     p.add_argument("--port", metavar="PORT", help="TCP port (overrides tcp_port)")
     p.add_argument("--bind", metavar="ADDR", help="address to listen on (overrides bind_address)")
-    p.add_argument("--db", metavar="PATH", help="SQLite database file (overrides database_path)")
+    p.add_argument("--db", metavar="PATH|URL",
+                   help="SQLite database file or postgresql:// URL (overrides database_path or database_url)")
     p.add_argument("--debug", action="store_true", help="enable debug logging")
     p.add_argument("--version", action="store_true", help="print the version and exit")
     p.add_argument("--disable-directory", action="store_true",
@@ -473,6 +512,8 @@ def _parser() -> _Parser:
     p.add_argument("--pprof-bind", metavar="ADDR",
                    help="address of /debug/pprof/ (overrides pprof_bind; never expose it publicly)")
     p.add_argument("--log-format", metavar="FORMAT", help="text or json (overrides log_format)")
+    p.add_argument("--redis", metavar="URL", help="Redis shared by the nodes of one server (overrides redis_url)")
+    p.add_argument("--node-id", metavar="ID", help="this node's name (overrides node_id)")
     return p
 
 
@@ -520,6 +561,12 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config | Non
         text = getattr(args, flag)
         if text is not None:
             values[name] = _text_value(_BY_NAME[name], text, "--" + flag.replace("_", "-"))
+    if args.db is not None:
+        # Either kind of database, so it also overrides a setting of the other kind.
+        if _URL_SCHEME.match(args.db):
+            values["database_url"] = _text_value(_BY_NAME["database_url"], args.db, "--db")
+        else:
+            values["database_path"], values["database_url"] = args.db, ""
     if args.disable_directory:
         values["directory_enabled"] = False
 
@@ -527,6 +574,9 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config | Non
     db = values["database_path"]
     values["database_path"] = _expand(db, home) if db else data_dir / "superchat.db"
     values["ssh_host_key"] = str(_expand(values["ssh_host_key"], home)) if values["ssh_host_key"] else ""
+    if values["redis_url"] and not values["node_id"]:
+        # Port 0 picks a port only at start: the process id tells such nodes apart instead.
+        values["node_id"] = f"{socket.gethostname()}:{values['tcp_port'] or os.getpid()}"
     return Config(
         **values,
         config_path=config_path,

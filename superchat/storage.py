@@ -699,6 +699,10 @@ class Store:
     def get_channel(self, channel_id: int) -> ChannelRow | None:
         return self._channels().get(channel_id)
 
+    def channels_changed(self) -> None:
+        """Read the channels again on next use: a write here or, on a shared database, elsewhere changed them."""
+        self._channels_version += 1
+
     def _channels(self) -> dict[int, ChannelRow]:
         """Every channel by id, in name order. Channels change rarely and every post looks one up,
         so they are read once per change: writes bump ``_channels_version`` after their commit."""

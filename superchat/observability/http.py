@@ -14,27 +14,36 @@ DATABASE_CHECK_SECONDS = 2.0
 
 
 class Health:
-    """The guide's health document: status, uptime, sessions, database, directory_enabled."""
+    """The guide's health document: status, uptime, sessions, database, directory_enabled; on a
+    node of several, also node, peers and redis (then status "degraded" while Redis is away: the
+    node still serves its own sessions, so it answers 200 and stays in the load balancer)."""
 
     def __init__(
         self,
         count_sessions: Callable[[], int],
         database_problem: Callable[[float], str | None],
         directory_enabled: bool,
+        cluster_status: Callable[[], dict | None] = lambda: None,
     ):
         self._count_sessions = count_sessions
         self._database_problem = database_problem
         self._directory_enabled = directory_enabled
+        self._cluster_status = cluster_status
         self._started = time.monotonic()
 
     def report(self) -> tuple[int, dict]:
         problem = self._check_database()
+        cluster = self._cluster_status()
+        status = "ok" if problem is None else "error"
+        if status == "ok" and cluster is not None and cluster["redis"] != "ok":
+            status = "degraded"
         body = {
-            "status": "ok" if problem is None else "error",
+            "status": status,
             "uptime": int(time.monotonic() - self._started),
             "sessions": self._count_sessions(),
             "database": "ok" if problem is None else f"error: {problem}",
             "directory_enabled": self._directory_enabled,
+            **(cluster or {}),
         }
         return (200 if problem is None else 503), body
 

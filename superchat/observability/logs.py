@@ -119,12 +119,17 @@ def _render_text(_: Any, __: str, event_dict: EventDict) -> str:
     return f"{line}\n{exception}" if exception else line
 
 
+# Set when the server is one node of several, so a line says which node wrote it.
+_node_fields: dict[str, str] = {}
+
+
 def _json_fields(_: Any, __: str, event_dict: EventDict) -> EventDict:
     return {
         "timestamp": _iso_stamp(event_dict.pop("timestamp")),
         "level": event_dict.pop("level").lower(),
         "logger": event_dict.pop("logger"),
         "message": event_dict.pop("event"),
+        **_node_fields,
         **event_dict,
     }
 
@@ -274,21 +279,26 @@ class _LogFile(_BatchedFlush, logging.FileHandler):
 
 
 def _start_marker(log_format: str, formatter: logging.Formatter) -> str:
-    text = f"=== scd {__version__} started, pid {os.getpid()} ==="
+    node = f", node {_node_fields['node']}" if _node_fields else ""
+    text = f"=== scd {__version__} started, pid {os.getpid()}{node} ==="
     if log_format == "json":
         return formatter.format(logging.makeLogRecord({"name": "superchat", "levelname": "INFO",
                                                        "levelno": logging.INFO, "msg": text}))
     # An ISO date rather than the YYYY/MM/DD of log lines: `grep "$(date +%Y/%m/%d)" errors.log`
     # counts today's errors and must not count restarts.
     started = datetime.now().astimezone().isoformat(timespec="seconds")
-    return f"=== scd {__version__} started {started}, pid {os.getpid()} ==="
+    return f"=== scd {__version__} started {started}, pid {os.getpid()}{node} ==="
 
 
-def configure(data_dir: Path, debug: bool = False, log_format: str = "text") -> None:
+def configure(data_dir: Path, debug: bool = False, log_format: str = "text", node_id: str = "") -> None:
     """Open the log files in ``data_dir`` and route every record to them and to stdout.
+    ``node_id`` (a node of several) goes into every JSON line and the start marker.
 
     Raises OSError when a log file cannot be opened.
     """
+    _node_fields.clear()
+    if node_id:
+        _node_fields["node"] = node_id
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,

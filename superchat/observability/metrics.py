@@ -11,7 +11,7 @@ import gc
 
 from gevent import monkey
 from greenlet import greenlet
-from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, values
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, values
 
 # Every metric value guards itself with threading.Lock, which gevent's patching turns into a
 # lock written in Python; at several updates per post that was a tenth of the server's time.
@@ -53,6 +53,19 @@ GREENLETS = Gauge(
     "superchat_greenlets", "Live greenlets, the counterpart of go_goroutines: a steady rise means a leak"
 )
 GREENLETS.set_function(lambda: sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet)))
+# Several nodes sharing Redis (exported only when redis_url is set).
+CLUSTER_NODE = Gauge("superchat_cluster_node_info", "This node's id in the cluster (always 1)", ["node"],
+                     registry=None)
+REDIS_UP = Gauge("superchat_redis_up", "Whether the last exchange with Redis succeeded (1) or failed (0)",
+                 registry=None)
+CLUSTER_PEERS = Gauge("superchat_cluster_peers", "Other live nodes this node sees", registry=None)
+CLUSTER_EVENTS = Counter("superchat_cluster_events", "Events exchanged with other nodes through Redis",
+                         ["direction"], registry=None)
+CLUSTER_OUTBOX = Gauge("superchat_cluster_outbox_events", "Events waiting to be written to Redis", registry=None)
+CLUSTER_EVENTS_DROPPED = Counter(
+    "superchat_cluster_events_dropped", "Events dropped because Redis was away longer than the outbox holds",
+    registry=None,
+)
 
 
 def connection_opened(transport: str) -> None:
@@ -147,3 +160,30 @@ def _remove(metric, *labels: str) -> None:
         metric.remove(*labels)
     except KeyError:
         pass
+
+
+def cluster_enabled(node_id: str) -> None:
+    """Export the cluster metrics: a single node has no use for them."""
+    for metric in (CLUSTER_NODE, REDIS_UP, CLUSTER_PEERS, CLUSTER_EVENTS, CLUSTER_OUTBOX, CLUSTER_EVENTS_DROPPED):
+        REGISTRY.register(metric)
+    CLUSTER_NODE.labels(node_id).set(1)
+    for direction in ("published", "received"):
+        CLUSTER_EVENTS.labels(direction)
+
+
+def redis_reachable(up: bool) -> None:
+    REDIS_UP.set(1 if up else 0)
+
+
+def cluster_peers(count: int) -> None:
+    CLUSTER_PEERS.set(count)
+
+
+def cluster_events(direction: str, count: int) -> None:
+    CLUSTER_EVENTS.labels(direction).inc(count)
+
+
+def cluster_outbox(waiting: int, dropped: int = 0) -> None:
+    CLUSTER_OUTBOX.set(waiting)
+    if dropped:
+        CLUSTER_EVENTS_DROPPED.inc(dropped)

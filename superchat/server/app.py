@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+import urllib.parse
 from pathlib import Path
 
 import gevent
@@ -18,10 +19,12 @@ from ..observability.http import Health, metrics_app
 from ..observability.profiling import enable_block_profiling, profiling_app
 from ..protocol import flags, messages
 from ..storage import Store
+from . import events
 from .bans import BanList
+from .cluster import Cluster, Solo
 from .context import ServerContext
 from .directory import Directory
-from .limits import PerAddressLimit
+from .handlers.channels import CHANNEL_CREATE_WINDOW_SECONDS
 from .outbound import broadcast
 from .passwords import LoginThrottle
 from .session import SessionRegistry
@@ -48,14 +51,17 @@ class Server:
         )
         # Admin rights come from the configuration alone: granted and withdrawn at every start.
         store.assign_flag(flags.ADMIN, config.admin_users)
+        cluster = Cluster(config.redis_url, config.node_id) if config.redis_url else Solo()
         self.ctx = ServerContext(
             config=config,
             store=store,
             writer=Writer(store),
-            sessions=SessionRegistry(),
+            sessions=SessionRegistry(cluster.first_session_id),
             bans=BanList(store),
             logins=LoginThrottle(),
-            registrations=PerAddressLimit(config.max_registrations_per_hour, 3600),
+            cluster=cluster,
+            registrations=cluster.limit("registrations", config.max_registrations_per_hour, 3600),
+            channel_creates=cluster.limit("channel-creates", config.max_channel_creates, CHANNEL_CREATE_WINDOW_SECONDS),
         )
         self.directory = Directory(self.ctx, lambda: self.port, time.monotonic())
         # Handlers reach the directory through the context, which it is itself built from.
@@ -64,7 +70,8 @@ class Server:
         self._listener = self._client_listener(config.tcp_port, TcpHandler(self.runner))
         # The same sessions by WebSocket and SSH, on ports of their own (0 turns one off).
         self._side_listeners: list[tuple[str, StreamServer]] = []
-        health = Health(lambda: len(self.ctx.sessions), store.database_problem, config.directory_enabled)
+        health = Health(lambda: len(self.ctx.sessions), store.database_problem, config.directory_enabled,
+                        cluster.status)
         self._metrics_http = WSGIServer(
             (config.metrics_bind, config.metrics_port), metrics_app(health), log=None, error_log=log
         )
@@ -116,6 +123,11 @@ class Server:
         log.info("Server started on port %d", self.port)
         log.info("Database: %s", self.config.database_path)
         self._background.append(gevent.spawn(self._retention_loop))
+        ctx = self.ctx
+        ctx.cluster.start(lambda event: events.apply_remote(ctx, event), ctx.sessions.by_id.values)
+        if ctx.cluster.shared:
+            log.info("Cluster node %s joined through Redis %s", ctx.cluster.node_id,
+                     _without_password(self.config.redis_url))
         self.directory.start()  # after the listener: announcements name the port it really got
 
     def _retention_loop(self) -> None:
@@ -133,7 +145,9 @@ class Server:
             return
         if removed.messages:
             log.info("Cleaned up %d expired messages", removed.messages)
-        ctx.sessions.forget_threads(thread_id for _, thread_id in removed.threads)
+        if removed.threads:
+            expired = [thread_id for _, thread_id in removed.threads]
+            events.emit(ctx, events.Event("threads_expired", {"thread_ids": expired}))
         metrics.threads_expired(removed.threads)
 
     def stop(self) -> None:
@@ -156,7 +170,15 @@ class Server:
         self._listener.stop(timeout=SHUTDOWN_DRAIN_SECONDS)
         for _, listener in self._side_listeners:
             listener.stop(timeout=1)
+        self.ctx.cluster.stop()
         self._metrics_http.stop(timeout=1)
         self._profiling_http.stop(timeout=1)
         self.ctx.store.close()
         log.info("Graceful shutdown complete (%d sessions notified)", len(sessions))
+
+
+def _without_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()

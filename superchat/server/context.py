@@ -14,6 +14,7 @@ from .session import SessionRegistry
 from .writer import Writer
 
 if TYPE_CHECKING:
+    from .cluster import Cluster, SharedLimit, Solo
     from .directory import Directory
 
 
@@ -25,8 +26,12 @@ class ServerContext:
     sessions: SessionRegistry
     bans: BanList
     logins: LoginThrottle
-    # Accounts created per client address (REGISTER_USER and SSH keys alike).
-    registrations: PerAddressLimit
+    # This node alone, or its link to the other nodes of the same server.
+    cluster: Solo | Cluster
+    # Accounts created per client address (REGISTER_USER and SSH keys alike), on all nodes.
+    registrations: PerAddressLimit | SharedLimit
+    # Channels created per user, on all nodes.
+    channel_creates: PerAddressLimit | SharedLimit
     # The directory is built from the context itself, so the Server adds it right after with
     # dataclasses.replace(); only that first, directory-less context ever lacks it.
     directory: Directory | None = None

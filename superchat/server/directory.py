@@ -36,7 +36,6 @@ from ..protocol import (
 )
 from ..storage import DiscoveredServerRow, StorageError
 from .bans import now_ms
-from .limits import PerAddressLimit
 
 if TYPE_CHECKING:
     from .context import ServerContext
@@ -227,7 +226,8 @@ class Directory:
         self._ctx = ctx
         self._listen_port = listen_port
         self._started_at = started_at
-        self.registrations = PerAddressLimit(REGISTRATIONS_PER_WINDOW, REGISTRATION_WINDOW_SECONDS)
+        self.registrations = ctx.cluster.limit("directory-registrations", REGISTRATIONS_PER_WINDOW,
+                                               REGISTRATION_WINDOW_SECONDS)
         self._greenlets: list[gevent.Greenlet] = []
         self._health_checks = Pool(HEALTH_CHECK_CONCURRENCY)
 

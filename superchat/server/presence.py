@@ -3,13 +3,15 @@
 SERVER_PRESENCE goes only to sessions that asked for a roster (LIST_USERS), as the
 protocol allows: telling every session about every join would cost O(n^2) frames.
 CHANNEL_PRESENCE goes to the sessions that joined or subscribed to the channel.
+Both reach such sessions on every node; the roster the other nodes read is kept up to date here.
 """
 
 from __future__ import annotations
 
 from ..protocol import messages
-from .outbound import broadcast
-from .session import Session, SessionRegistry
+from . import events
+from .context import ServerContext
+from .session import Session
 
 
 def _identity(session: Session) -> dict:
@@ -22,38 +24,38 @@ def _identity(session: Session) -> dict:
     }
 
 
-def server_presence(sessions: SessionRegistry, session: Session, online: bool, to_self: bool = True) -> None:
-    if not session.nickname or not sessions.roster_watchers:
-        return
-    audience = sessions.roster_watchers if to_self else sessions.roster_watchers - {session}
-    if audience:
-        broadcast(list(audience), messages.ServerPresence(**_identity(session), online=online))
-
-
-def channel_presence(
-    sessions: SessionRegistry, session: Session, channel_id: int, joined: bool, to_self: bool = True
-) -> None:
+def server_presence(ctx: ServerContext, session: Session, online: bool, to_self: bool = True) -> None:
     if not session.nickname:
         return
-    audience = sessions.channel_audience(channel_id)
+    events.deliver(ctx, events.ROSTER_WATCHERS, None, messages.ServerPresence(**_identity(session), online=online),
+                   exclude=None if to_self else session)
+
+
+def channel_presence(ctx: ServerContext, session: Session, channel_id: int, joined: bool, to_self: bool = True) -> None:
+    ctx.cluster.roster_changed(session)
+    if not session.nickname:
+        return
+    notice = messages.ChannelPresence(channel_id=channel_id, **_identity(session), joined=joined)
     if not to_self:
-        audience = audience - {session}
-    elif not joined:
-        audience = audience | {session}  # the leaver is no longer a member but learns it left
-    if audience:
-        broadcast(audience, messages.ChannelPresence(channel_id=channel_id, **_identity(session), joined=joined))
+        events.deliver(ctx, events.CHANNEL_AUDIENCE, channel_id, notice, exclude=session)
+    elif not joined:  # the leaver is no longer a member but learns it left
+        events.deliver(ctx, events.CHANNEL_AUDIENCE, channel_id, notice, also=session)
+    else:
+        events.deliver(ctx, events.CHANNEL_AUDIENCE, channel_id, notice)
 
 
-def identity_changed(sessions: SessionRegistry, session: Session) -> None:
+def identity_changed(ctx: ServerContext, session: Session) -> None:
     """A nickname set or changed, a login or logout: followers see the session anew."""
-    server_presence(sessions, session, True)
+    ctx.cluster.roster_changed(session)
+    server_presence(ctx, session, True)
     if session.joined_channel is not None:
-        channel_presence(sessions, session, session.joined_channel, True)
+        channel_presence(ctx, session, session.joined_channel, True)
 
 
-def session_ended(sessions: SessionRegistry, session: Session) -> None:
+def session_ended(ctx: ServerContext, session: Session) -> None:
     """The connection is gone or going: the others learn it, the session itself is told nothing
     (a client that sent DISCONNECT gets no answer, and a dead one could not read it)."""
     if session.joined_channel is not None:
-        channel_presence(sessions, session, session.joined_channel, False, to_self=False)
-    server_presence(sessions, session, False, to_self=False)
+        channel_presence(ctx, session, session.joined_channel, False, to_self=False)
+    server_presence(ctx, session, False, to_self=False)
+    ctx.cluster.roster_left(session)

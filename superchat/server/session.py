@@ -45,7 +45,6 @@ class Session:
         "threads",
         "channels",
         "post_window",
-        "create_window",
         "shadowbanned",
         "watches_roster",
         "_finish_reason",
@@ -70,11 +69,15 @@ class Session:
         self.channels: set[int] = set()
         # Rate windows are created on first use: most sessions never post.
         self.post_window: SlidingWindow | None = None
-        self.create_window: SlidingWindow | None = None
         # A shadowbanned author's posts reach only the author and admins.
         self.shadowbanned = False
         # Set once the client asks for LIST_USERS: only such sessions receive SERVER_PRESENCE.
         self.watches_roster = False
+
+    @property
+    def finishing(self) -> bool:
+        """Closed or told to go: no longer one of the sessions a broadcast is meant for."""
+        return self.closed or bool(self._finish_reason)
 
     @property
     def host(self) -> str:
@@ -158,8 +161,9 @@ class Session:
 class SessionRegistry:
     """Every live session, with reverse indexes so a broadcast never walks all sessions."""
 
-    def __init__(self) -> None:
-        self._ids = itertools.count(1)
+    def __init__(self, first_id: int = 1) -> None:
+        # Several nodes give out ids from ranges of their own, so an id names one session in the cluster.
+        self._ids = itertools.count(first_id)
         self.by_id: dict[int, Session] = {}
         self._per_address: dict[str, int] = {}
         self._thread_subscribers: dict[int, set[Session]] = {}

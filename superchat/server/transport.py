@@ -59,7 +59,8 @@ class SessionRunner:
                         extra={"transport": link.transport})
             self._refuse(link, ErrorCode.PERMISSION_DENIED, f"Your address is banned {describe(ban)}")
             return False
-        if ctx.sessions.connections_from(host) >= ctx.config.max_connections_per_ip:
+        connected = ctx.sessions.connections_from(host) + ctx.cluster.connections_elsewhere(host)
+        if connected >= ctx.config.max_connections_per_ip:
             log.warning("Connection from %s refused: too many connections from this address", host,
                         extra={"transport": link.transport})
             limit = ctx.config.max_connections_per_ip
@@ -72,6 +73,7 @@ class SessionRunner:
         already proved (SSH), after SERVER_CONFIG and before the first frame is read."""
         ctx = self._ctx
         session = ctx.sessions.open(address, link)
+        ctx.cluster.connection_opened(session.host)
         link.bind(session.send_wrapped)
         metrics.session_opened(link.transport)
         log.info("Connection from %s", session.peer, extra={"transport": link.transport})
@@ -82,8 +84,9 @@ class SessionRunner:
                 signed_in(session)
             reason = self._serve(session, link)
         finally:
-            presence.session_ended(ctx.sessions, session)
+            presence.session_ended(ctx, session)
             ctx.sessions.remove(session)
+            ctx.cluster.connection_closed(session.host)
             metrics.session_closed(link.transport)
             session.drain(FAREWELL_SECONDS)
             session.close(reason)  # keeps an earlier reason, e.g. an outbound overflow

@@ -58,7 +58,7 @@ def set_nickname(ctx: ServerContext, session: Session, msg) -> None:
     log.info("Session %d set nickname: %s", session.id, nickname)
     verb = "changed" if changed else "set"
     send(session, messages.NicknameResponse(success=True, message=f"Nickname {verb} to {nickname}"))
-    presence.identity_changed(ctx.sessions, session)
+    presence.identity_changed(ctx, session)
 
 
 def register_user(ctx: ServerContext, session: Session, msg) -> None:
@@ -94,7 +94,7 @@ def register_user(ctx: ServerContext, session: Session, msg) -> None:
     send(session, messages.RegisterResponse(
         success=True, user_id=user.id, message=f"Successfully registered {nickname}!"
     ))
-    presence.identity_changed(ctx.sessions, session)
+    presence.identity_changed(ctx, session)
 
 
 def auth_request(ctx: ServerContext, session: Session, msg) -> None:
@@ -150,7 +150,7 @@ def complete_sign_in(ctx: ServerContext, session: Session, user: UserRow, greeti
         message=greeting,
         user_flags=user.user_flags,
     ))
-    presence.identity_changed(ctx.sessions, session)
+    presence.identity_changed(ctx, session)
     return True
 
 
@@ -167,7 +167,7 @@ def logout(ctx: ServerContext, session: Session, msg) -> None:
     session.user_id = None
     session.user_flags = 0
     session.shadowbanned = False
-    presence.identity_changed(ctx.sessions, session)
+    presence.identity_changed(ctx, session)
 
 
 def change_password(ctx: ServerContext, session: Session, msg) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import logging
 
-from ...protocol import ErrorCode, messages
+from ...protocol import ErrorCode, encode_message, messages
 from ...storage import ChannelExists
-from .. import presence
+from .. import events, presence
 from ..context import ServerContext
-from ..limits import SlidingWindow
-from ..outbound import Refused, broadcast, send
+from ..outbound import Refused, send
 from ..session import Session
 
 log = logging.getLogger("superchat.channels")
@@ -49,12 +48,12 @@ def join_channel(ctx: ServerContext, session: Session, msg) -> None:
     previous = session.joined_channel
     if previous is not None and previous != msg.channel_id:
         ctx.sessions.leave(session)
-        presence.channel_presence(ctx.sessions, session, previous, False)
+        presence.channel_presence(ctx, session, previous, False)
     ctx.sessions.join(session, msg.channel_id)
     send(session, messages.JoinResponse(
         success=True, channel_id=msg.channel_id, subchannel_id=msg.subchannel_id, message="Joined channel"
     ))
-    presence.channel_presence(ctx.sessions, session, msg.channel_id, True)
+    presence.channel_presence(ctx, session, msg.channel_id, True)
 
 
 def leave_channel(ctx: ServerContext, session: Session, msg) -> None:
@@ -66,7 +65,7 @@ def leave_channel(ctx: ServerContext, session: Session, msg) -> None:
     else:
         ctx.sessions.leave(session)
         send(session, messages.LeaveResponse(success=True, channel_id=current, message="Left channel"))
-        presence.channel_presence(ctx.sessions, session, current, False)
+        presence.channel_presence(ctx, session, current, False)
         return
     send(session, messages.LeaveResponse(success=False, channel_id=msg.channel_id, message=failure))
 
@@ -82,9 +81,7 @@ def create_channel(ctx: ServerContext, session: Session, msg) -> None:
     if problem:
         refuse(problem)
         return
-    if session.create_window is None:
-        session.create_window = SlidingWindow(ctx.config.max_channel_creates, CHANNEL_CREATE_WINDOW_SECONDS)
-    if not session.create_window.allow():
+    if not ctx.channel_creates.allow(str(session.user_id)):
         limit = ctx.config.max_channel_creates
         raise Refused(
             ErrorCode.CHANNEL_CREATE_RATE_LIMITED, f"Channel creation rate limit exceeded (max {limit} per hour)"
@@ -113,7 +110,7 @@ def create_channel(ctx: ServerContext, session: Session, msg) -> None:
         message=f"Channel '{msg.display_name}' created successfully",
     )
     send(session, created)
-    broadcast((s for s in list(ctx.sessions.by_id.values()) if s is not session), created)
+    events.emit(ctx, events.Event("channel_created", frame=encode_message(created)), exclude=session)
 
 
 def _channel_problem(msg) -> str:

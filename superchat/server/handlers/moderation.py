@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 
-from ...protocol import ErrorCode, flags, messages
+from ...protocol import ErrorCode, encode_message, flags, messages
 from ...storage import StorageError
 from .. import bans as banlist
+from .. import events
 from ..context import ServerContext
-from ..outbound import Refused, broadcast, send
+from ..outbound import Refused, send
 from ..session import Session
 
 log = logging.getLogger("superchat.moderation")
@@ -31,13 +32,6 @@ def _audit(ctx: ServerContext, session: Session, action: str, details: str) -> N
         ctx.writer.run(ctx.store.log_admin_action, session.user_id, session.nickname, action, details)
     except StorageError as exc:
         log.error("Admin %s: %s not recorded in the audit table: database error: %s", session.nickname, action, exc)
-
-
-def _expel(session: Session, text: str) -> None:
-    """Tell a session why it is being cut off, then close it once that is written."""
-    send(session, messages.Error(error_code=ErrorCode.PERMISSION_DENIED, message=text))
-    send(session, messages.Disconnect(reason=text))
-    session.finish(text)
 
 
 def _until(duration_seconds: int | None) -> int | None:
@@ -94,22 +88,14 @@ def ban_user(ctx: ServerContext, session: Session, msg) -> None:
         return
     ban = ctx.writer.run(ctx.store.add_user_ban, user_id, nickname, msg.reason, msg.shadowban,
                          _until(msg.duration_seconds), session.nickname)
-    ctx.bans.reload()
     target = nickname or f"user_id:{user_id}"
     _audit(ctx, session, "BAN_USER", f"banned user {target} (ban_id={ban.id}, reason={msg.reason!r}, "
                                      f"shadowban={msg.shadowban}, {banlist.describe(ban).split('.')[0]})")
-    for other in list(ctx.sessions.by_id.values()):
-        if other is session or not _named(other, user_id, nickname):
-            continue
-        if msg.shadowban:
-            other.shadowbanned = True
-        else:
-            _expel(other, f"You have been banned {banlist.describe(ban)}")
+    events.emit(ctx, events.Event("user_banned", {
+        "user_id": user_id, "nickname": nickname, "shadowban": msg.shadowban,
+        "text": f"You have been banned {banlist.describe(ban)}",
+    }), exclude=session)
     answer(f"User {target} banned successfully", ban.id)
-
-
-def _named(session: Session, user_id: int | None, nickname: str | None) -> bool:
-    return (user_id is not None and session.user_id == user_id) or (bool(nickname) and session.nickname == nickname)
 
 
 def _requested_network(text: str):
@@ -141,12 +127,11 @@ def ban_ip(ctx: ServerContext, session: Session, msg) -> None:
         answer("Refusing to ban a range that contains your own address")
         return
     ban = ctx.writer.run(ctx.store.add_ip_ban, str(network), msg.reason, _until(msg.duration_seconds), session.nickname)
-    ctx.bans.reload()
     _audit(ctx, session, "BAN_IP", f"banned IP {network} (ban_id={ban.id}, reason={msg.reason!r}, "
                                    f"{banlist.describe(ban).split('.')[0]})")
-    for other in list(ctx.sessions.by_id.values()):
-        if banlist.address_in(other.host, network):
-            _expel(other, f"Your address is banned {banlist.describe(ban)}")
+    events.emit(ctx, events.Event("ip_banned", {
+        "network": str(network), "text": f"Your address is banned {banlist.describe(ban)}",
+    }))
     answer(f"IP {network} banned successfully", ban.id)
 
 
@@ -171,12 +156,9 @@ def unban_user(ctx: ServerContext, session: Session, msg) -> None:
     if not removed:
         answer("No active ban found for this user")
         return
-    ctx.bans.reload()
     target = nickname or f"user_id:{user_id}"
     _audit(ctx, session, "UNBAN_USER", f"unbanned user {target} ({removed} bans removed)")
-    for other in ctx.sessions.by_id.values():
-        if other.shadowbanned and ctx.bans.user_ban(other.user_id, other.nickname) is None:
-            other.shadowbanned = False
+    events.emit(ctx, events.Event("bans_lifted"))
     answer(f"User {target} unbanned successfully ({removed} bans removed)", True)
 
 
@@ -195,8 +177,8 @@ def unban_ip(ctx: ServerContext, session: Session, msg) -> None:
     if not removed:
         answer("No active ban found for this IP")
         return
-    ctx.bans.reload()
     _audit(ctx, session, "UNBAN_IP", f"unbanned IP {network} ({removed} bans removed)")
+    events.emit(ctx, events.Event("bans_lifted"))
     answer(f"IP {network} unbanned successfully ({removed} bans removed)", True)
 
 
@@ -228,16 +210,14 @@ def delete_user(ctx: ServerContext, session: Session, msg) -> None:
         refuse("User not found")
         return
     _audit(ctx, session, "DELETE_USER", f"deleted user {user.nickname} (user_id={user.id})")
-    expelled = ctx.sessions.sessions_of_user(user.id)
-    for other in expelled:
-        _expel(other, "Your account has been deleted")
-    # The expelled sessions' last word is their DISCONNECT; everyone else hears of the deletion.
-    audience = [other for other in ctx.sessions.by_id.values() if other not in expelled]
-    broadcast(audience, messages.UserDeleted(
+    expelled = sum(1 for other in ctx.sessions.sessions_of_user(user.id) if not other.finishing)
+    expelled += sum(1 for other in ctx.cluster.remote_sessions() if other.user_id == user.id)
+    notice = messages.UserDeleted(
         success=True,
         message=f"User '{user.nickname}' deleted successfully "
-                f"(messages anonymized, {len(expelled)} sessions disconnected)",
-    ))
+                f"(messages anonymized, {expelled} sessions disconnected)",
+    )
+    events.emit(ctx, events.Event("user_deleted", {"user_id": user.id}, encode_message(notice)))
 
 
 def delete_channel(ctx: ServerContext, session: Session, msg) -> None:
@@ -253,20 +233,10 @@ def delete_channel(ctx: ServerContext, session: Session, msg) -> None:
         return
     _audit(ctx, session, "DELETE_CHANNEL",
            f"deleted channel {channel.name} (channel_id={channel.id}, reason={msg.reason!r})")
-    ctx.sessions.forget_channel(channel.id)
-    _forget_deleted_threads(ctx)
-    broadcast(list(ctx.sessions.by_id.values()), messages.ChannelDeleted(
+    notice = messages.ChannelDeleted(
         success=True, channel_id=channel.id, message=f"Channel '{channel.name}' deleted successfully"
-    ))
-
-
-def _forget_deleted_threads(ctx: ServerContext) -> None:
-    """Drop thread subscriptions whose root went with a deleted channel.
-
-    Left in place they would count against the subscriber's thread subscription limit forever.
-    """
-    subscribed = {thread_id for other in ctx.sessions.by_id.values() for thread_id in other.threads}
-    ctx.sessions.forget_threads([thread_id for thread_id in subscribed if ctx.store.get_message(thread_id) is None])
+    )
+    events.emit(ctx, events.Event("channel_deleted", {"channel_id": channel.id}, encode_message(notice)))
 
 
 HANDLERS = {

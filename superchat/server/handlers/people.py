@@ -13,7 +13,8 @@ MAX_USER_LIMIT = 500
 
 def get_user_info(ctx: ServerContext, session: Session, msg) -> None:
     user = ctx.store.get_user_by_nickname(msg.nickname)
-    online = any(other.nickname == msg.nickname for other in ctx.sessions.by_id.values())
+    online = any(other.nickname == msg.nickname for other in ctx.sessions.by_id.values()) or any(
+        other.nickname == msg.nickname for other in ctx.cluster.remote_sessions())
     send(session, messages.UserInfo(
         nickname=msg.nickname,
         is_registered=user is not None,
@@ -27,7 +28,7 @@ def list_users(ctx: ServerContext, session: Session, msg) -> None:
     if msg.include_offline:
         if not (session.user_id is not None and session.user_flags & flags.ADMIN):
             raise Refused(ErrorCode.PERMISSION_DENIED, "Admin permission required for include_offline")
-        online_ids = {other.user_id for other in ctx.sessions.by_id.values()}
+        online_ids = {other.user_id for other in (*ctx.sessions.by_id.values(), *ctx.cluster.remote_sessions())}
         users = [
             messages.UserEntry(nickname=user.nickname, is_registered=True, user_id=user.id,
                                online=user.id in online_ids)
@@ -35,8 +36,9 @@ def list_users(ctx: ServerContext, session: Session, msg) -> None:
         ]
     else:
         users, seen = [], set()
-        # Newest connections first, one entry per nickname.
-        for other in sorted(ctx.sessions.by_id.values(), key=lambda s: s.id, reverse=True):
+        # Newest connections first (this node's, then the others'), one entry per nickname.
+        local = sorted(ctx.sessions.by_id.values(), key=lambda s: s.id, reverse=True)
+        for other in (*local, *sorted(ctx.cluster.remote_sessions(), key=lambda s: s.session_id, reverse=True)):
             if not other.nickname or other.nickname in seen:
                 continue
             seen.add(other.nickname)
@@ -54,16 +56,22 @@ def list_channel_users(ctx: ServerContext, session: Session, msg) -> None:
         raise Refused(ErrorCode.CHANNEL_NOT_FOUND, "Channel does not exist")
     if msg.subchannel_id is not None:
         raise Refused(ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
-    members = sorted(ctx.sessions.channel_members(msg.channel_id), key=lambda s: s.id)
+    members = [
+        messages.ChannelUserEntry(session_id=member.id, nickname=member.nickname,
+                                  is_registered=member.user_id is not None, user_id=member.user_id,
+                                  user_flags=member.user_flags)
+        for member in ctx.sessions.channel_members(msg.channel_id)
+        if member.nickname
+    ]
+    members += [
+        messages.ChannelUserEntry(session_id=member.session_id, nickname=member.nickname,
+                                  is_registered=member.user_id is not None, user_id=member.user_id,
+                                  user_flags=member.user_flags)
+        for member in ctx.cluster.remote_sessions()
+        if member.channel_id == msg.channel_id
+    ]
     send(session, messages.ChannelUserList(
-        channel_id=msg.channel_id,
-        users=[
-            messages.ChannelUserEntry(session_id=member.id, nickname=member.nickname,
-                                      is_registered=member.user_id is not None, user_id=member.user_id,
-                                      user_flags=member.user_flags)
-            for member in members
-            if member.nickname
-        ],
+        channel_id=msg.channel_id, users=sorted(members, key=lambda member: member.session_id)
     ))
 
 

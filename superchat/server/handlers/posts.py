@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import logging
-import time
 
-from ...observability import metrics
 from ...protocol import MAX_FRAME_LENGTH, ErrorCode, flags, messages
 from ...storage import MessageRow, NewPost, PostRejected, Viewer
+from .. import events
 from ..bans import describe
 from ..context import ServerContext
 from ..limits import SlidingWindow
-from ..outbound import Refused, broadcast, send
+from ..outbound import Refused, send
 from ..session import Session
 
 log = logging.getLogger("superchat.posts")
@@ -95,19 +94,13 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
     send(session, messages.MessagePosted(success=True, message_id=stored.id, message="Message posted"))
     log.info("%s POST_MESSAGE channel=%d message=%d session=%d", session.nickname, stored.channel_id,
              stored.id, session.id)
-    started = time.perf_counter()
     if stored.parent_id is None:
-        kind, thread_id = "channel", None
-        audience = ctx.sessions.channel_subscribers(stored.channel_id)
+        route, key, post = events.CHANNEL_SUBSCRIBERS, stored.channel_id, ("channel", stored.channel_id, None)
     else:
-        kind, thread_id = "thread", stored.thread_root_id
-        audience = ctx.sessions.thread_subscribers(stored.thread_root_id)
-    if stored.shadowed:
-        audience = _author_and_admins(audience, stored)
-    recipients = 0
-    if audience:
-        recipients = broadcast(list(audience), _entries(ctx, [stored], messages.NewMessage)[0])
-    metrics.message_broadcast(kind, stored.channel_id, thread_id, recipients, time.perf_counter() - started)
+        route, key, post = events.THREAD_SUBSCRIBERS, stored.thread_root_id, ("thread", stored.channel_id,
+                                                                              stored.thread_root_id)
+    events.deliver(ctx, route, key, _entries(ctx, [stored], messages.NewMessage)[0],
+                   private_to=_private_to(stored), post=post)
 
 
 def edit_message(ctx: ServerContext, session: Session, msg) -> None:
@@ -132,8 +125,8 @@ def edit_message(ctx: ServerContext, session: Session, msg) -> None:
     notice = messages.MessageEdited(
         success=True, message_id=edited.id, edited_at=edited.edited_at, new_content=edited.content, message=""
     )
-    audience = ctx.sessions.channel_audience(edited.channel_id) | {session}
-    broadcast(_author_and_admins(audience, edited) if edited.shadowed else audience, notice)
+    events.deliver(ctx, events.CHANNEL_AUDIENCE, edited.channel_id, notice, private_to=_private_to(edited),
+                   also=session)
 
 
 def delete_message(ctx: ServerContext, session: Session, msg) -> None:
@@ -156,8 +149,8 @@ def delete_message(ctx: ServerContext, session: Session, msg) -> None:
     notice = messages.MessageDeleted(
         success=True, message_id=deleted.id, deleted_at=deleted.deleted_at, message=deleted.content
     )
-    audience = ctx.sessions.channel_audience(deleted.channel_id) | {session}
-    broadcast(_author_and_admins(audience, deleted) if deleted.shadowed else audience, notice)
+    events.deliver(ctx, events.CHANNEL_AUDIENCE, deleted.channel_id, notice, private_to=_private_to(deleted),
+                   also=session)
 
 
 def _check_content(ctx: ServerContext, content: str) -> None:
@@ -169,18 +162,16 @@ def _check_content(ctx: ServerContext, content: str) -> None:
 
 
 def _is_author(session: Session, row: MessageRow) -> bool:
-    if row.author_user_id is not None:
-        return row.author_user_id == session.user_id
-    return row.author_nickname == session.nickname
+    return events.is_author(session, row.author_user_id, row.author_nickname)
 
 
-def _author_and_admins(audience, message: MessageRow) -> list[Session]:
+def _private_to(message: MessageRow) -> tuple[int | None, str] | None:
     """A shadowed post is seen only by its author and the admins: the author notices nothing."""
-    return [s for s in audience if _is_author(s, message) or _is_admin(s)]
+    return (message.author_user_id, message.author_nickname) if message.shadowed else None
 
 
 def _is_admin(session: Session) -> bool:
-    return session.user_id is not None and bool(session.user_flags & flags.ADMIN)
+    return events.is_admin(session)
 
 
 def _entries(ctx: ServerContext, rows: list[MessageRow], record=messages.MessageEntry) -> list:

@@ -1,0 +1,497 @@
+"""Several scd nodes acting as one server, through Redis.
+
+Events (see events.py) move between nodes in one Redis Stream: each node appends its own in
+order and reads everyone else's from the last entry it has seen, so a node that loses Redis
+for a while resumes where it left off and its clients miss nothing. While Redis is away the
+events a node emits wait in its outbox and are written when Redis is back.
+
+Who is online is kept per node in Redis (a roster hash and connection counts per address)
+next to a heartbeat key with an expiry: when a node dies its key expires, a surviving node
+announces that its sessions left, and the roster no longer lists them.
+
+``Solo`` stands in when no Redis is configured: a single node, with nothing shared.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import gevent
+import redis
+from gevent.event import Event as Signal
+
+from ..observability import metrics
+from .events import Event
+from .limits import PerAddressLimit
+from .session import Session
+
+log = logging.getLogger("superchat.cluster")
+
+PREFIX = "superchat:"
+STREAM = PREFIX + "events"
+NODES = PREFIX + "nodes"
+NODE_SERIAL = PREFIX + "node-serial"
+# Minutes of heavy traffic: a node away for longer than that misses deliveries (and says so).
+STREAM_MAX_ENTRIES = 200_000
+# Events one node holds while Redis is away; past that the oldest are dropped (and counted).
+MAX_OUTBOX = 100_000
+HEARTBEAT_SECONDS = 2.0
+# A node silent this long is gone: its sessions leave the roster.
+NODE_TTL_SECONDS = 10
+READ_BLOCK_MS = 2000
+READ_BATCH = 1000
+WRITE_BATCH = 500
+RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
+# Session ids are node serial << SESSION_ID_BITS | a count of this node's sessions.
+SESSION_ID_BITS = 32
+NODE_SERIALS = 1 << 20
+
+# A sliding window shared by every node: at most ARGV[2] events in ARGV[1] milliseconds per key.
+# Redis's own clock, so nodes whose clocks differ still agree.
+_WINDOW_SCRIPT = """
+local now = redis.call('TIME')
+local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local window_ms = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - window_ms)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+if ARGV[3] == '1' then
+  redis.call('ZADD', KEYS[1], now_ms, now[1] .. now[2] .. ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], window_ms)
+end
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class RemoteSession:
+    """A session of another node, as its roster entry tells."""
+
+    session_id: int
+    nickname: str
+    user_id: int | None
+    user_flags: int
+    channel_id: int | None
+
+
+def roster_entry(session: Session) -> dict:
+    return {
+        "session_id": session.id,
+        "nickname": session.nickname,
+        "is_registered": session.user_id is not None,
+        "user_id": session.user_id,
+        "user_flags": session.user_flags,
+        "channel_id": session.joined_channel,
+    }
+
+
+class Solo:
+    """A server of one node."""
+
+    shared = False
+    node_id = ""
+    first_session_id = 1
+
+    def start(self, apply_remote: Callable[[Event], None], local_sessions: Callable[[], Iterable[Session]]) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def publish(self, event: Event) -> None:
+        pass
+
+    def roster_changed(self, session: Session) -> None:
+        pass
+
+    def roster_left(self, session: Session) -> None:
+        pass
+
+    def connection_opened(self, host: str) -> None:
+        pass
+
+    def connection_closed(self, host: str) -> None:
+        pass
+
+    def remote_sessions(self) -> list[RemoteSession]:
+        return []
+
+    def connections_elsewhere(self, host: str) -> int:
+        return 0
+
+    def limit(self, name: str, limit: int, seconds: float) -> PerAddressLimit:
+        return PerAddressLimit(limit, seconds)
+
+    def status(self) -> dict | None:
+        return None
+
+
+class Cluster:
+    """This node's link to the others through Redis."""
+
+    shared = True
+
+    def __init__(self, url: str, node_id: str):
+        self.node_id = node_id
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=32, timeout=2, socket_timeout=5, socket_connect_timeout=2
+        )
+        self._redis = redis.Redis(connection_pool=pool)
+        self._window = self._redis.register_script(_WINDOW_SCRIPT)
+        self._alive_key = _alive_key(node_id)
+        # Tells this run's events from an earlier run's of the same node id (for de-duplication).
+        self._incarnation = secrets.token_hex(8)
+        self._sequence = 0
+        self._outbox: deque[Event] = deque()
+        self._dropped = 0
+        self._roster_updates: dict[int, str | None] = {}
+        self._address_updates: dict[str, int] = {}
+        self._resync = True
+        self._wake = Signal()
+        self._last_seen: dict[str, int] = {}
+        self._stream_position: str | None = None
+        self.peers: tuple[str, ...] = ()
+        self.problem: str | None = "not connected yet"
+        self.first_session_id = self._first_session_id()
+        self._greenlets: list[gevent.Greenlet] = []
+        self._apply_remote: Callable[[Event], None] = lambda event: None
+        self._local_sessions: Callable[[], Iterable[Session]] = tuple
+        metrics.cluster_enabled(node_id)
+
+    def _first_session_id(self) -> int:
+        """Session ids from a range of this node's own: Redis hands each starting node a serial."""
+        try:
+            serial = self._redis.incr(NODE_SERIAL)
+            self._stream_position = self._newest_entry()
+            self._reachable()
+        except redis.RedisError as exc:
+            self._unreachable(exc)
+            serial = secrets.randbelow(NODE_SERIALS)
+            log.warning("Redis unreachable at start (%s); session ids from random range %d", exc, serial)
+        return (serial % (NODE_SERIALS - 1) + 1) << SESSION_ID_BITS | 1
+
+    def _newest_entry(self) -> str:
+        newest = self._redis.xrevrange(STREAM, count=1)
+        return newest[0][0].decode() if newest else "0-0"
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self, apply_remote: Callable[[Event], None], local_sessions: Callable[[], Iterable[Session]]) -> None:
+        self._apply_remote = apply_remote
+        self._local_sessions = local_sessions
+        self._greenlets = [gevent.spawn(loop) for loop in (self._write_loop, self._read_loop, self._heartbeat_loop)]
+
+    def stop(self) -> None:
+        """Write what is waiting (briefly), then leave the cluster at once rather than by expiry."""
+        self._wake.set()
+        deadline = gevent.Timeout(2, False)
+        with deadline:
+            while (self._outbox or self._roster_updates) and self.problem is None:
+                gevent.sleep(0.05)
+        gevent.killall(self._greenlets)
+        try:
+            self._leave()
+        except redis.RedisError as exc:
+            log.warning("Could not leave the cluster cleanly: %s", exc)
+        self._redis.close()
+
+    def _leave(self) -> None:
+        entries = self._redis.hvals(_roster_key(self.node_id))
+        pipe = self._redis.pipeline()
+        pipe.delete(self._alive_key, _roster_key(self.node_id), _addresses_key(self.node_id))
+        pipe.srem(NODES, self.node_id)
+        pipe.execute()
+        if entries:
+            sessions = [json.loads(entry) for entry in entries]
+            self._write_now(Event("sessions_gone", {"node": self.node_id, "sessions": sessions}))
+
+    # -- what handlers and the transport call -------------------------------------------------
+
+    def publish(self, event: Event) -> None:
+        if len(self._outbox) >= MAX_OUTBOX:
+            self._outbox.popleft()
+            self._dropped += 1
+            metrics.cluster_outbox(len(self._outbox), 1)
+            if self._dropped == 1:
+                log.error("Cluster outbox full (%d events): dropping the oldest until Redis is back", MAX_OUTBOX)
+        self._outbox.append(event)
+        self._wake.set()
+
+    def roster_changed(self, session: Session) -> None:
+        if session.nickname:
+            self._roster_updates[session.id] = json.dumps(roster_entry(session))
+            self._wake.set()
+
+    def roster_left(self, session: Session) -> None:
+        self._roster_updates[session.id] = None
+        self._wake.set()
+
+    def connection_opened(self, host: str) -> None:
+        self._address_updates[host] = self._address_updates.get(host, 0) + 1
+        self._wake.set()
+
+    def connection_closed(self, host: str) -> None:
+        self._address_updates[host] = self._address_updates.get(host, 0) - 1
+        self._wake.set()
+
+    def remote_sessions(self) -> list[RemoteSession]:
+        """The sessions of every other live node; none while Redis is away."""
+        peers = self.peers
+        if self.problem is not None or not peers:
+            return []
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for peer in peers:
+                pipe.hvals(_roster_key(peer))
+            rosters = pipe.execute()
+        except redis.RedisError as exc:
+            self._unreachable(exc)
+            return []
+        found = []
+        for entries in rosters:
+            for raw in entries:
+                entry = json.loads(raw)
+                found.append(RemoteSession(entry["session_id"], entry["nickname"], entry["user_id"],
+                                           entry["user_flags"], entry["channel_id"]))
+        return found
+
+    def connections_elsewhere(self, host: str) -> int:
+        """Connections from ``host`` to the other live nodes; 0 while Redis is away."""
+        peers = self.peers
+        if self.problem is not None or not peers:
+            return 0
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            for peer in peers:
+                pipe.hget(_addresses_key(peer), host)
+            return sum(int(count or 0) for count in pipe.execute())
+        except redis.RedisError as exc:
+            self._unreachable(exc)
+            return 0
+
+    def limit(self, name: str, limit: int, seconds: float) -> SharedLimit:
+        return SharedLimit(self, name, limit, seconds)
+
+    def window_allows(self, key: str, limit: int, window_ms: int, record: bool) -> bool | None:
+        """Whether the shared window ``key`` has room (and take it when ``record``); None when
+        Redis cannot tell."""
+        if self.problem is not None:
+            return None
+        try:
+            return bool(self._window(keys=[f"{PREFIX}limit:{key}"],
+                                     args=[window_ms, limit, "1" if record else "0", secrets.token_hex(4)]))
+        except redis.RedisError as exc:
+            self._unreachable(exc)
+            return None
+
+    def status(self) -> dict:
+        return {"node": self.node_id, "peers": list(self.peers),
+                "redis": "ok" if self.problem is None else f"error: {self.problem}"}
+
+    # -- background work ----------------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        """Writes the outbox and roster changes in order; waits and retries while Redis is away."""
+        failures = 0
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while self._outbox or self._roster_updates or self._address_updates or self._resync:
+                try:
+                    self._write_batch()
+                except redis.RedisError as exc:
+                    self._unreachable(exc)
+                    gevent.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+                    failures += 1
+                    continue
+                failures = 0
+                self._reachable()
+                metrics.cluster_outbox(len(self._outbox))
+
+    def _write_batch(self) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        resyncing, self._resync = self._resync, False
+        if resyncing:
+            self._queue_full_roster(pipe)
+        roster, self._roster_updates = self._roster_updates, {}
+        addresses, self._address_updates = self._address_updates, {}
+        self._queue_roster(pipe, roster, addresses)
+        batch = [self._outbox[i] for i in range(min(WRITE_BATCH, len(self._outbox)))]
+        for event in batch:
+            pipe.xadd(STREAM, self._fields(event), maxlen=STREAM_MAX_ENTRIES, approximate=True)
+        try:
+            pipe.execute()
+        except BaseException:
+            # Not known what was written: the roster is rewritten whole next time, and events
+            # written twice are skipped by the readers (sequence numbers).
+            self._resync = True
+            raise
+        for _ in batch:
+            self._outbox.popleft()
+        metrics.cluster_events("published", len(batch))
+
+    def _write_now(self, event: Event) -> None:
+        self._redis.xadd(STREAM, self._fields(event), maxlen=STREAM_MAX_ENTRIES, approximate=True)
+        metrics.cluster_events("published", 1)
+
+    def _fields(self, event: Event) -> dict:
+        self._sequence += 1
+        return {"node": self.node_id, "run": self._incarnation, "seq": self._sequence, "kind": event.kind,
+                "meta": json.dumps(event.meta), "frame": event.frame}
+
+    def _queue_full_roster(self, pipe) -> None:
+        sessions = list(self._local_sessions())
+        roster_key, addresses_key = _roster_key(self.node_id), _addresses_key(self.node_id)
+        pipe.delete(roster_key, addresses_key)
+        entries = {session.id: json.dumps(roster_entry(session)) for session in sessions if session.nickname}
+        if entries:
+            pipe.hset(roster_key, mapping=entries)
+        counts: dict[str, int] = {}
+        for session in sessions:
+            counts[session.host] = counts.get(session.host, 0) + 1
+        if counts:
+            pipe.hset(addresses_key, mapping=counts)
+        # The snapshot already holds every change made so far.
+        self._roster_updates.clear()
+        self._address_updates.clear()
+
+    def _queue_roster(self, pipe, roster: dict[int, str | None], addresses: dict[str, int]) -> None:
+        roster_key, addresses_key = _roster_key(self.node_id), _addresses_key(self.node_id)
+        gone = [session_id for session_id, entry in roster.items() if entry is None]
+        present = {session_id: entry for session_id, entry in roster.items() if entry is not None}
+        if gone:
+            pipe.hdel(roster_key, *gone)
+        if present:
+            pipe.hset(roster_key, mapping=present)
+        for host, delta in addresses.items():
+            if delta:
+                pipe.hincrby(addresses_key, host, delta)
+
+    def _read_loop(self) -> None:
+        """Applies the other nodes' events in stream order, resuming after the last one seen."""
+        failures = 0
+        while True:
+            try:
+                if self._stream_position is None:
+                    self._stream_position = self._newest_entry()
+                found = self._redis.xread({STREAM: self._stream_position}, count=READ_BATCH, block=READ_BLOCK_MS)
+            except redis.RedisError as exc:
+                self._unreachable(exc)
+                gevent.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+                failures += 1
+                continue
+            failures = 0
+            self._reachable()
+            for _, entries in found:
+                for entry_id, fields in entries:
+                    self._stream_position = entry_id.decode()
+                    self._receive(fields)
+
+    def _receive(self, fields: dict) -> None:
+        if fields[b"node"].decode() == self.node_id and fields[b"run"].decode() == self._incarnation:
+            return
+        run, sequence = fields[b"run"].decode(), int(fields[b"seq"])
+        if sequence <= self._last_seen.get(run, 0):
+            return  # written twice after a failed write
+        self._last_seen[run] = sequence
+        event = Event(fields[b"kind"].decode(), json.loads(fields[b"meta"]), fields[b"frame"])
+        metrics.cluster_events("received", 1)
+        try:
+            self._apply_remote(event)
+        except Exception:
+            log.exception("Cannot apply %s event from node %s", event.kind, fields[b"node"].decode())
+
+    def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                self._heartbeat()
+            except redis.RedisError as exc:
+                self._unreachable(exc)
+            gevent.sleep(HEARTBEAT_SECONDS)
+
+    def _heartbeat(self) -> None:
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.set(self._alive_key, self._incarnation, ex=NODE_TTL_SECONDS, get=True)
+        pipe.sadd(NODES, self.node_id)
+        pipe.smembers(NODES)
+        previous, _, members = pipe.execute()
+        self._reachable()
+        if previous is None or previous.decode() != self._incarnation:
+            # Redis lost our keys (restarted, or thought us dead): write our roster anew.
+            self._resync = True
+            self._wake.set()
+        others = sorted(member.decode() for member in members if member.decode() != self.node_id)
+        pipe = self._redis.pipeline(transaction=False)
+        for other in others:
+            pipe.exists(_alive_key(other))
+        alive = pipe.execute() if others else []
+        self.peers = tuple(node for node, is_alive in zip(others, alive, strict=True) if is_alive)
+        metrics.cluster_peers(len(self.peers))
+        for node in others:
+            if node not in self.peers:
+                self._bury(node)
+
+    def _bury(self, node: str) -> None:
+        """A node whose heartbeat expired: the first node to notice tells everyone its sessions left."""
+        if not self._redis.srem(NODES, node):
+            return  # another node got there first
+        entries = [json.loads(raw) for raw in self._redis.hvals(_roster_key(node))]
+        self._redis.delete(_roster_key(node), _addresses_key(node))
+        log.warning("Node %s stopped answering; %d of its sessions left the roster", node, len(entries))
+        if entries:
+            event = Event("sessions_gone", {"node": node, "sessions": entries})
+            self._apply_remote(event)
+            self.publish(event)
+
+    def _reachable(self) -> None:
+        if self.problem is not None:
+            if self.problem != "not connected yet":
+                log.info("Redis reachable again")
+            self.problem = None
+            self._dropped = 0
+        metrics.redis_reachable(True)
+
+    def _unreachable(self, exc: Exception) -> None:
+        text = str(exc) or type(exc).__name__
+        if self.problem is None or self.problem == "not connected yet":
+            log.error("Redis unreachable: %s (serving this node's sessions; events wait in the outbox)", text)
+        self.problem = text
+        metrics.redis_reachable(False)
+
+
+class SharedLimit:
+    """A per-key sliding window every node shares; each node's own window while Redis is away."""
+
+    def __init__(self, cluster: Cluster, name: str, limit: int, seconds: float):
+        self._cluster = cluster
+        self._name = name
+        self._limit = limit
+        self._window_ms = int(seconds * 1000)
+        self._local = PerAddressLimit(limit, seconds)
+
+    def allow(self, key: str) -> bool:
+        return self._ask(key, record=True)
+
+    def has_room(self, key: str) -> bool:
+        return self._ask(key, record=False)
+
+    def _ask(self, key: str, record: bool) -> bool:
+        local = self._local.allow(key) if record else self._local.has_room(key)
+        shared = self._cluster.window_allows(f"{self._name}:{key}", self._limit, self._window_ms, record)
+        return local if shared is None else shared
+
+
+def _alive_key(node: str) -> str:
+    return f"{PREFIX}node:{node}:alive"
+
+
+def _roster_key(node: str) -> str:
+    return f"{PREFIX}node:{node}:roster"
+
+
+def _addresses_key(node: str) -> str:
+    return f"{PREFIX}node:{node}:addresses"

@@ -1,0 +1,234 @@
+"""What a handler does to sessions beyond the one it answers, as events every node applies.
+
+A handler describes an effect (deliver this frame to a channel's subscribers, expel the
+sessions of a deleted user, ...) as an Event and calls ``emit``: the event is applied to this
+node's sessions at once and handed to the cluster, which applies it on every other node with
+the same code. Frames travel already encoded, so a frame is encoded once in the whole cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..observability import metrics
+from ..protocol import ErrorCode, encode_message, flags, messages
+from . import bans as banlist
+from .outbound import send
+from .session import Session
+
+if TYPE_CHECKING:
+    from .context import ServerContext
+
+log = logging.getLogger("superchat.events")
+
+# Who a delivery goes to, resolved on each node against its own sessions.
+CHANNEL_SUBSCRIBERS = "channel_subscribers"
+THREAD_SUBSCRIBERS = "thread_subscribers"
+CHANNEL_AUDIENCE = "channel_audience"  # joined or subscribed: who hears edits, deletions, presence
+ROSTER_WATCHERS = "roster_watchers"  # sessions that asked for LIST_USERS
+EVERYONE = "everyone"
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str
+    meta: dict = field(default_factory=dict)
+    frame: bytes = b""
+
+
+def emit(ctx: ServerContext, event: Event, exclude: Session | None = None, also: Session | None = None) -> int:
+    """Apply an event here, then on every other node. ``exclude`` and ``also`` name a session
+    of this node (the one acting) and matter only here. Returns the local recipients."""
+    recipients = _APPLIERS[event.kind](ctx, event, exclude, also)
+    ctx.cluster.publish(event)
+    return recipients
+
+
+def apply_remote(ctx: ServerContext, event: Event) -> None:
+    """An event another node emitted."""
+    _APPLIERS[event.kind](ctx, event, None, None)
+
+
+def deliver(
+    ctx: ServerContext,
+    route: str,
+    key: int | None,
+    msg,
+    *,
+    private_to: tuple[int | None, str] | None = None,
+    exclude: Session | None = None,
+    also: Session | None = None,
+    post: tuple[str, int, int | None] | None = None,
+) -> int:
+    """Send ``msg`` to the sessions ``route`` names on every node; ``private_to`` (author id,
+    nickname) limits a shadowed message to its author and the admins; ``post`` (kind, channel,
+    thread) marks a new message for the broadcast metrics. Returns local recipients."""
+    meta = {"type": msg.NAME, "route": route, "key": key, "private_to": private_to, "post": post}
+    if not ctx.cluster.shared and not _audience(ctx, meta, exclude, also):
+        _count_broadcast(post, 0, 0.0)
+        return 0  # nobody anywhere: skip the encoding
+    return emit(ctx, Event("deliver", meta, encode_message(msg)), exclude, also)
+
+
+def _count_broadcast(post: list | tuple | None, recipients: int, seconds: float) -> None:
+    if post is not None:
+        kind, channel_id, thread_id = post
+        metrics.message_broadcast(kind, channel_id, thread_id, recipients, seconds)
+
+
+def _audience(ctx: ServerContext, meta: dict, exclude: Session | None, also: Session | None) -> list[Session]:
+    sessions = ctx.sessions
+    route, key = meta["route"], meta["key"]
+    if route == CHANNEL_SUBSCRIBERS:
+        audience: Iterable[Session] = sessions.channel_subscribers(key)
+    elif route == THREAD_SUBSCRIBERS:
+        audience = sessions.thread_subscribers(key)
+    elif route == CHANNEL_AUDIENCE:
+        audience = sessions.channel_audience(key)
+    elif route == ROSTER_WATCHERS:
+        audience = sessions.roster_watchers
+    else:
+        audience = sessions.by_id.values()
+    chosen = [s for s in audience if s is not exclude and s is not also]
+    if also is not None:
+        chosen.append(also)
+    private_to = meta.get("private_to")
+    if private_to is not None:
+        chosen = [s for s in chosen if is_author(s, *private_to) or is_admin(s)]
+    return chosen
+
+
+def _send_all(audience: Iterable[Session], frame: bytes, type_name: str) -> int:
+    count = 0
+    for session in audience:
+        session.send(frame)
+        count += 1
+    metrics.frames_sent(type_name, count)
+    return count
+
+
+def is_author(session: Session, author_user_id: int | None, author_nickname: str) -> bool:
+    if author_user_id is not None:
+        return session.user_id == author_user_id
+    return session.nickname == author_nickname
+
+
+def is_admin(session: Session) -> bool:
+    return session.user_id is not None and bool(session.user_flags & flags.ADMIN)
+
+
+def expel(session: Session, text: str) -> None:
+    """Tell a session why it is being cut off, then close it once that is written."""
+    send(session, messages.Error(error_code=ErrorCode.PERMISSION_DENIED, message=text))
+    send(session, messages.Disconnect(reason=text))
+    session.finish(text)
+
+
+def _living(ctx: ServerContext) -> list[Session]:
+    return [s for s in ctx.sessions.by_id.values() if not s.finishing]
+
+
+# --- appliers: (ctx, event, exclude, also) -> local recipients -------------------------------
+
+
+def _deliver(ctx: ServerContext, event: Event, exclude: Session | None, also: Session | None) -> int:
+    meta = event.meta
+    started = time.perf_counter()
+    recipients = _send_all(_audience(ctx, meta, exclude, also), event.frame, meta["type"])
+    _count_broadcast(meta["post"], recipients, time.perf_counter() - started)
+    return recipients
+
+
+def _channel_created(ctx: ServerContext, event: Event, exclude: Session | None, _: Session | None) -> int:
+    ctx.store.channels_changed()
+    return _send_all((s for s in _living(ctx) if s is not exclude), event.frame, messages.ChannelCreated.NAME)
+
+
+def _channel_deleted(ctx: ServerContext, event: Event, *_: Session | None) -> int:
+    ctx.store.channels_changed()
+    ctx.sessions.forget_channel(event.meta["channel_id"])
+    # Thread subscriptions whose root went with the channel would count against the
+    # subscriber's thread subscription limit forever.
+    subscribed = {thread_id for other in ctx.sessions.by_id.values() for thread_id in other.threads}
+    ctx.sessions.forget_threads([thread_id for thread_id in subscribed if ctx.store.get_message(thread_id) is None])
+    return _send_all(_living(ctx), event.frame, messages.ChannelDeleted.NAME)
+
+
+def _user_deleted(ctx: ServerContext, event: Event, *_: Session | None) -> int:
+    for session in ctx.sessions.sessions_of_user(event.meta["user_id"]):
+        expel(session, "Your account has been deleted")
+    # The expelled sessions' last word is their DISCONNECT; everyone else hears of the deletion.
+    return _send_all(_living(ctx), event.frame, messages.UserDeleted.NAME)
+
+
+def _user_banned(ctx: ServerContext, event: Event, exclude: Session | None, _: Session | None) -> int:
+    meta = event.meta
+    ctx.bans.reload()
+    user_id, nickname = meta["user_id"], meta["nickname"]
+    for session in list(ctx.sessions.by_id.values()):
+        named = (user_id is not None and session.user_id == user_id) or (
+            bool(nickname) and session.nickname == nickname)
+        if session is exclude or not named:
+            continue
+        if meta["shadowban"]:
+            session.shadowbanned = True
+        else:
+            expel(session, meta["text"])
+    return 0
+
+
+def _ip_banned(ctx: ServerContext, event: Event, *_: Session | None) -> int:
+    ctx.bans.reload()
+    network = banlist.parse_network(event.meta["network"])
+    for session in list(ctx.sessions.by_id.values()):
+        if banlist.address_in(session.host, network):
+            expel(session, event.meta["text"])
+    return 0
+
+
+def _bans_lifted(ctx: ServerContext, *_) -> int:
+    ctx.bans.reload()
+    for session in ctx.sessions.by_id.values():
+        if session.shadowbanned and ctx.bans.user_ban(session.user_id, session.nickname) is None:
+            session.shadowbanned = False
+    return 0
+
+
+def _threads_expired(ctx: ServerContext, event: Event, *_: Session | None) -> int:
+    ctx.sessions.forget_threads(event.meta["thread_ids"])
+    return 0
+
+
+def _sessions_gone(ctx: ServerContext, event: Event, *_: Session | None) -> int:
+    """A node died: its sessions leave every roster and channel they were seen in."""
+    count = 0
+    for entry in event.meta["sessions"]:
+        identity = {key: entry[key] for key in ("session_id", "nickname", "is_registered", "user_id", "user_flags")}
+        if ctx.sessions.roster_watchers:
+            count += _send_all(ctx.sessions.roster_watchers, encode_message(
+                messages.ServerPresence(**identity, online=False)), messages.ServerPresence.NAME)
+        channel_id = entry.get("channel_id")
+        if channel_id is not None:
+            audience = ctx.sessions.channel_audience(channel_id)
+            if audience:
+                count += _send_all(audience, encode_message(
+                    messages.ChannelPresence(channel_id=channel_id, **identity, joined=False)),
+                    messages.ChannelPresence.NAME)
+    return count
+
+
+_APPLIERS: dict[str, Callable[[ServerContext, Event, Session | None, Session | None], int]] = {
+    "deliver": _deliver,
+    "channel_created": _channel_created,
+    "channel_deleted": _channel_deleted,
+    "user_deleted": _user_deleted,
+    "user_banned": _user_banned,
+    "ip_banned": _ip_banned,
+    "bans_lifted": _bans_lifted,
+    "threads_expired": _threads_expired,
+    "sessions_gone": _sessions_gone,
+}
