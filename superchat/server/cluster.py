@@ -168,6 +168,10 @@ class Cluster:
             serial = self._redis.incr(NODE_SERIAL)
             self._stream_position = self._newest_entry()
             self._reachable()
+            # Sessions of this node's previous run (it died, or restarted before its key expired).
+            earlier = [json.loads(entry) for entry in self._redis.hvals(_roster_key(self.node_id))]
+            if earlier:
+                self.publish(Event("sessions_gone", {"node": self.node_id, "sessions": earlier}))
         except redis.RedisError as exc:
             self._unreachable(exc)
             serial = secrets.randbelow(NODE_SERIALS)

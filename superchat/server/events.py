@@ -68,16 +68,20 @@ def deliver(
     nickname) limits a shadowed message to its author and the admins; ``post`` (kind, channel,
     thread) marks a new message for the broadcast metrics. Returns local recipients."""
     meta = {"type": msg.NAME, "route": route, "key": key, "private_to": private_to, "post": post}
-    if not ctx.cluster.shared and not _audience(ctx, meta, exclude, also):
-        _count_broadcast(post, 0, 0.0)
-        return 0  # nobody anywhere: skip the encoding
-    return emit(ctx, Event("deliver", meta, encode_message(msg)), exclude, also)
+    if ctx.cluster.shared:
+        return emit(ctx, Event("deliver", meta, encode_message(msg)), exclude, also)
+    # A single node: no event to share, and no encoding when nobody listens.
+    audience = _audience(ctx, meta, exclude, also)
+    return _deliver_frame(audience, meta, encode_message(msg) if audience else b"")
 
 
-def _count_broadcast(post: list | tuple | None, recipients: int, seconds: float) -> None:
-    if post is not None:
-        kind, channel_id, thread_id = post
-        metrics.message_broadcast(kind, channel_id, thread_id, recipients, seconds)
+def _deliver_frame(audience: list[Session], meta: dict, frame: bytes) -> int:
+    started = time.perf_counter()
+    recipients = _send_all(audience, frame, meta["type"])
+    if meta["post"] is not None:
+        kind, channel_id, thread_id = meta["post"]
+        metrics.message_broadcast(kind, channel_id, thread_id, recipients, time.perf_counter() - started)
+    return recipients
 
 
 def _audience(ctx: ServerContext, meta: dict, exclude: Session | None, also: Session | None) -> list[Session]:
@@ -136,11 +140,7 @@ def _living(ctx: ServerContext) -> list[Session]:
 
 
 def _deliver(ctx: ServerContext, event: Event, exclude: Session | None, also: Session | None) -> int:
-    meta = event.meta
-    started = time.perf_counter()
-    recipients = _send_all(_audience(ctx, meta, exclude, also), event.frame, meta["type"])
-    _count_broadcast(meta["post"], recipients, time.perf_counter() - started)
-    return recipients
+    return _deliver_frame(_audience(ctx, event.meta, exclude, also), event.meta, event.frame)
 
 
 def _channel_created(ctx: ServerContext, event: Event, exclude: Session | None, _: Session | None) -> int:
