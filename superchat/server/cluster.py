@@ -155,7 +155,8 @@ class Cluster:
         self._last_seen: dict[str, int] = {}
         self._stream_position: str | None = None
         self.peers: tuple[str, ...] = ()
-        self.problem: str | None = "not connected yet"
+        # Why Redis is unusable right now, or None.
+        self.problem: str | None = None
         self.first_session_id = self._first_session_id()
         self._greenlets: list[gevent.Greenlet] = []
         self._apply_remote: Callable[[Event], None] = lambda event: None
@@ -197,10 +198,12 @@ class Cluster:
             while (self._outbox or self._roster_updates) and self.problem is None:
                 gevent.sleep(0.05)
         gevent.killall(self._greenlets)
-        try:
-            self._leave()
-        except redis.RedisError as exc:
-            log.warning("Could not leave the cluster cleanly: %s", exc)
+        # Without Redis the others notice this node's heartbeat expire instead.
+        if self.problem is None:
+            try:
+                self._leave()
+            except redis.RedisError as exc:
+                log.warning("Could not leave the cluster cleanly: %s", exc)
         self._redis.close()
 
     def _leave(self) -> None:
@@ -453,15 +456,14 @@ class Cluster:
 
     def _reachable(self) -> None:
         if self.problem is not None:
-            if self.problem != "not connected yet":
-                log.info("Redis reachable again")
+            log.info("Redis reachable again")
             self.problem = None
             self._dropped = 0
         metrics.redis_reachable(True)
 
     def _unreachable(self, exc: Exception) -> None:
         text = str(exc) or type(exc).__name__
-        if self.problem is None or self.problem == "not connected yet":
+        if self.problem is None:
             log.error("Redis unreachable: %s (serving this node's sessions; events wait in the outbox)", text)
         self.problem = text
         metrics.redis_reachable(False)
