@@ -393,8 +393,9 @@ def test_parallel_guesses_get_no_more_answers_than_the_throttle_allows(start_ser
 
 def test_throttle_counts_ipv6_per_64_and_forgets_old_entries(monkeypatch):
     from superchat.server import passwords
+    from superchat.server.cluster import Solo
 
-    throttle = passwords.LoginThrottle(max_failures=3, window_seconds=60, block_seconds=60)
+    throttle = passwords.LoginThrottle(Solo(), max_failures=3, window_seconds=60, block_seconds=60)
     for suffix in ("1", "2", "3"):
         throttle.failed(f"2001:db8:1:2::{suffix}", "x")
     assert throttle.seconds_blocked("2001:db8:1:2:ffff::9") > 0
@@ -407,7 +408,7 @@ def test_throttle_counts_ipv6_per_64_and_forgets_old_entries(monkeypatch):
 
     clock = [1000.0]
     monkeypatch.setattr(passwords.time, "monotonic", lambda: clock[0])
-    throttle = passwords.LoginThrottle(max_failures=5, window_seconds=60, block_seconds=60)
+    throttle = passwords.LoginThrottle(Solo(), max_failures=5, window_seconds=60, block_seconds=60)
     for number in range(3000):
         clock[0] += 0.1
         throttle.failed(f"10.{number // 65536}.{number // 256 % 256}.{number % 256}", "x")

@@ -58,7 +58,7 @@ class Server:
             writer=Writer(store),
             sessions=SessionRegistry(cluster.first_session_id),
             bans=BanList(store),
-            logins=LoginThrottle(),
+            logins=LoginThrottle(cluster),
             cluster=cluster,
             registrations=cluster.limit("registrations", config.max_registrations_per_hour, 3600),
             channel_creates=cluster.limit("channel-creates", config.max_channel_creates, CHANNEL_CREATE_WINDOW_SECONDS),

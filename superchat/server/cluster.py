@@ -20,6 +20,7 @@ import secrets
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import gevent
 import redis
@@ -125,6 +126,18 @@ class Solo:
 
     def limit(self, name: str, limit: int, seconds: float) -> PerAddressLimit:
         return PerAddressLimit(limit, seconds)
+
+    def window_allows(self, key: str, limit: int, window_ms: int, record: bool) -> bool | None:
+        return None
+
+    def forget_window(self, key: str) -> None:
+        pass
+
+    def block(self, key: str, seconds: float) -> None:
+        pass
+
+    def seconds_blocked(self, key: str) -> float:
+        return 0.0
 
     def status(self) -> dict | None:
         return None
@@ -286,11 +299,27 @@ class Cluster:
     def window_allows(self, key: str, limit: int, window_ms: int, record: bool) -> bool | None:
         """Whether the shared window ``key`` has room (and take it when ``record``); None when
         Redis cannot tell."""
+        allowed = self._quietly(lambda: self._window(
+            keys=[f"{PREFIX}limit:{key}"], args=[window_ms, limit, "1" if record else "0", secrets.token_hex(4)]))
+        return None if allowed is None else bool(allowed)
+
+    def forget_window(self, key: str) -> None:
+        self._quietly(lambda: self._redis.delete(f"{PREFIX}limit:{key}"))
+
+    def block(self, key: str, seconds: float) -> None:
+        """Refuse ``key`` on every node for ``seconds``."""
+        self._quietly(lambda: self._redis.set(f"{PREFIX}block:{key}", 1, px=int(seconds * 1000)))
+
+    def seconds_blocked(self, key: str) -> float:
+        remaining_ms = self._quietly(lambda: self._redis.pttl(f"{PREFIX}block:{key}"))
+        return max(0, remaining_ms or 0) / 1000
+
+    def _quietly(self, command: Callable[[], Any]) -> Any:
+        """One command, or None while Redis is away: callers then rely on this node's own state."""
         if self.problem is not None:
             return None
         try:
-            return bool(self._window(keys=[f"{PREFIX}limit:{key}"],
-                                     args=[window_ms, limit, "1" if record else "0", secrets.token_hex(4)]))
+            return command()
         except redis.RedisError as exc:
             self._unreachable(exc)
             return None

@@ -11,10 +11,14 @@ import ipaddress
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
 
 import bcrypt
 from gevent.lock import Semaphore
 from gevent.threadpool import ThreadPool
+
+if TYPE_CHECKING:
+    from .cluster import Cluster, Solo
 
 log = logging.getLogger("superchat.accounts")
 
@@ -69,12 +73,15 @@ class LoginThrottle:
 
     IPv6 clients are counted per /64, the block a single host is usually given: counting each
     address alone would let one machine guess without limit. Entries expire and are swept, so
-    failures from many addresses cannot grow the tables without bound.
+    failures from many addresses cannot grow the tables without bound. On a node of several,
+    failures and blocks are also kept in the cluster, so guesses spread over nodes add up.
     """
 
     SWEEP_THRESHOLD = 1024
 
-    def __init__(self, max_failures: int = 5, window_seconds: float = 300.0, block_seconds: float = 300.0):
+    def __init__(self, cluster: Solo | Cluster, max_failures: int = 5, window_seconds: float = 300.0,
+                 block_seconds: float = 300.0):
+        self._cluster = cluster
         self._max_failures = max_failures
         self._window = window_seconds
         self._block = block_seconds
@@ -103,22 +110,26 @@ class LoginThrottle:
         """How long logins from ``host`` stay refused (0 = allowed)."""
         key = self.source(host)
         until = self._blocked_until.get(key)
-        if until is None:
-            return 0
-        remaining = until - time.monotonic()
-        if remaining <= 0:
+        remaining = 0.0 if until is None else until - time.monotonic()
+        if until is not None and remaining <= 0:
             del self._blocked_until[key]
-            return 0
-        return int(remaining) + 1
+        if remaining <= 0:
+            remaining = self._cluster.seconds_blocked(f"login:{key}")
+        return int(remaining) + 1 if remaining > 0 else 0
 
     def failed(self, host: str, nickname: str) -> None:
         key = self.source(host)
         now = time.monotonic()
         recent = [t for t in self._failures.get(key, ()) if now - t < self._window]
         recent.append(now)
-        if len(recent) >= self._max_failures:
+        # Room for one failure less than the limit: no room means this failure is the last allowed.
+        cluster_room = self._cluster.window_allows(f"login-failures:{key}", self._max_failures - 1,
+                                                   int(self._window * 1000), record=True)
+        if len(recent) >= self._max_failures or cluster_room is False:
             self._failures.pop(key, None)
             self._blocked_until[key] = now + self._block
+            self._cluster.forget_window(f"login-failures:{key}")
+            self._cluster.block(f"login:{key}", self._block)
             log.warning("Login throttled for %s: %d failed attempts (last for %s); refused for %d seconds",
                         key, len(recent), nickname, int(self._block))
         else:
@@ -127,7 +138,9 @@ class LoginThrottle:
             self._sweep(now)
 
     def succeeded(self, host: str) -> None:
-        self._failures.pop(self.source(host), None)
+        key = self.source(host)
+        self._failures.pop(key, None)
+        self._cluster.forget_window(f"login-failures:{key}")
 
     def _sweep(self, now: float) -> None:
         """Forget expired failures and blocks; the next sweep waits until the tables double."""
