@@ -495,7 +495,8 @@ def sweep_table(document: dict, markdown: bool) -> str:
 
 
 def newest_results() -> Path | None:
-    found = sorted(RESULTS.glob("*.json"), key=lambda path: path.stat().st_mtime)
+    # Dated files only: bench/cluster.py writes cluster-<date>.json beside them, in its own shape.
+    found = sorted(RESULTS.glob("[0-9]*.json"), key=lambda path: path.stat().st_mtime)
     return found[-1] if found else None
 
 
