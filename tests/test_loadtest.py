@@ -22,8 +22,10 @@ ROOMY = {"limits": {"message_rate_limit": 65535, "max_connections_per_ip": 255}}
 
 
 def loadtest(server, *args: str) -> dict:
+    """``server``: one ServerProcess, or a list of them (the nodes the sessions are spread over)."""
+    addresses = ",".join(f"127.0.0.1:{each.port}" for each in (server if isinstance(server, list) else [server]))
     proc = subprocess.run(
-        [sys.executable, str(LOADTEST), "--server", f"127.0.0.1:{server.port}", "--json", *args],
+        [sys.executable, str(LOADTEST), "--server", addresses, "--json", *args],
         capture_output=True, text=True, timeout=90,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -71,6 +73,16 @@ def test_idle_counts_refusals_by_code_and_spreads_over_source_addresses(start_se
     spread = loadtest(server, "--scenario", "idle", "--clients", "8", "--duration", "1s", "--ping-sample", "1",
                       "--source-addresses", "127.0.0.2-127.0.0.3")
     assert spread["sessions"]["established"] == 8 and spread["sessions"]["failed"] == 0
+
+
+def test_several_servers_get_the_sessions_round_robin(start_server):
+    capped = {"limits": {"max_connections_per_ip": 4}}
+    first, second = start_server(capped), start_server(capped)
+    # Sessions 0, 2, 4, 6, 8 go to the first server, which refuses its fifth; 1, 3, 5, 7 fit the second.
+    report = loadtest([first, second], "--scenario", "idle", "--clients", "9", "--duration", "1s",
+                      "--ping-sample", "1")
+    assert report["sessions"]["established"] == 8
+    assert report["sessions"]["failures"] == {"error_5003": 1}
 
 
 def test_fanout_delivers_every_post_to_every_subscriber_once(start_server):

@@ -130,7 +130,7 @@ class Bot:
 
 def setup(plan: Plan, stats: BotStats, rng: random.Random, index: int, source: str | None) -> Bot:
     """Connect (stages connect, server_config, nickname) then list, join and subscribe."""
-    conn = plan.open_session(source, f"bot{index}")
+    conn = plan.open_session(source, f"bot{index}", index)
 
     def timeout() -> float:
         return min(plan.opts.timeout, plan.setup_deadline - time.monotonic())

@@ -66,6 +66,7 @@ Examples:
   sc-loadtest --scenario idle --clients 5000 --duration 30s --server-pid $(pgrep -of bin/scd)
   sc-loadtest --scenario fanout --subscribers 1000 --rate 20 --duration 20s --json
   sc-loadtest --scenario throughput --clients 32 --duration 10s
+  sc-loadtest --scenario fanout --subscribers 999 --server node-a:6465,node-b:6465,node-c:6465
 
 With --json exactly one JSON document goes to stdout: scenario, parameters, figures.
 Exit status: 0 after a run (whatever it measured), 1 if the run could not be made
@@ -128,7 +129,9 @@ def parser() -> argparse.ArgumentParser:
 
     p.add_argument("-h", "--help", "-help", action="help", help="show this help and exit")
     option("scenario", choices=sorted(SCENARIOS), default="bots", help="what to measure (default bots)")
-    option("server", default="localhost:6465", help="server address host:port (default localhost:6465)")
+    option("server", default="localhost:6465", metavar="HOST:PORT[,...]",
+           help="server address (default localhost:6465); several addresses (the nodes of one server) get "
+                "the sessions round-robin, the fanout poster and the throughput prober use the first")
     option("clients", type=_count, default=10, metavar="N",
            help="bots (bots), sessions (idle) or posters (throughput) (default 10)")
     option("duration", type=duration, default=60.0, metavar="D",
@@ -175,7 +178,7 @@ def sessions_needed(opts: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     opts = parse_args(sys.argv[1:] if argv is None else argv)
     try:
-        target = resolve(opts.server)
+        targets = [resolve(address.strip()) for address in opts.server.split(",")]
     except (ValueError, OSError) as exc:
         print(f"sc-loadtest: cannot resolve --server {opts.server}: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -183,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     if sessions_needed(opts) + SPARE_FILES > open_files:
         print(f"sc-loadtest: warning: {sessions_needed(opts)} sessions but only {open_files} open files allowed",
               file=sys.stderr)
-    plan = Plan(opts, target, opts.source_addresses)
+    plan = Plan(opts, targets, opts.source_addresses)
     wall_started = time.time()
     watchdog = plan.hard_deadline - time.monotonic() + WATCHDOG_GRACE_SECONDS
     try:

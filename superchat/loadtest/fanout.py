@@ -280,7 +280,7 @@ def run(plan: Plan) -> dict:
         return {"error": f"no channel named {opts.channel!r}"}
 
     def establish(index: int, source: str | None):
-        conn = plan.open_session(source, f"fan{index}")
+        conn = plan.open_session(source, f"fan{index}", index)
         try:
             reply, _ = conn.request(messages.SubscribeChannel(channel_id=channel.id), messages.SubscribeOk.TYPE,
                                     timeout=min(opts.timeout, plan.setup_deadline - time.monotonic()))

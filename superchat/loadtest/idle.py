@@ -38,7 +38,7 @@ def run(plan: Plan) -> dict:
     opts = plan.opts
     pid = opts.server_pid
     rss_before = rss_kib(pid) if pid else None
-    launch = plan.launch(opts.clients, lambda index, source: plan.open_session(source, f"idle{index}"))
+    launch = plan.launch(opts.clients, lambda index, source: plan.open_session(source, f"idle{index}", index))
     reporter = plan.progress(lambda: f"{launch.established} sessions established, {launch.summary()['failed']} failed")
     launch.wait_established()
     rss_after = rss_kib(pid) if pid else None

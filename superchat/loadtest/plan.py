@@ -1,4 +1,4 @@
-"""One run's options, target and deadlines, shared by every scenario."""
+"""One run's options, targets and deadlines, shared by every scenario."""
 
 from __future__ import annotations
 
@@ -19,10 +19,14 @@ PROGRESS_SECONDS = 5.0
 @dataclass
 class Plan:
     """Setup (connecting, subscribing) must finish within ``setup_timeout`` of the start, and
-    the whole run within ``setup_timeout + duration``: the hard deadline nothing outlives."""
+    the whole run within ``setup_timeout + duration``: the hard deadline nothing outlives.
+
+    ``targets``: the nodes of one server, in the order given; session ``index`` goes to node
+    ``index % len(targets)``, round-robin as a TCP load balancer would spread them.
+    """
 
     opts: argparse.Namespace
-    target: tuple[int, tuple]
+    targets: list[tuple[int, tuple]]
     sources: list[str] | None
     started: float = field(default_factory=time.monotonic)
     usage: ClientUsage = field(default_factory=ClientUsage)
@@ -43,8 +47,10 @@ class Plan:
     def source(self, index: int) -> str | None:
         return self.sources[index % len(self.sources)] if self.sources else None
 
-    def open_session(self, source: str | None, nickname: str) -> connection.Connection:
-        return connection.open_session(self.target, source, nickname, self.setup_deadline, self.opts.timeout)
+    def open_session(self, source: str | None, nickname: str, index: int = 0) -> connection.Connection:
+        """Session ``index`` on its node; a single session of its kind (poster, prober) takes the first."""
+        target = self.targets[index % len(self.targets)]
+        return connection.open_session(target, source, nickname, self.setup_deadline, self.opts.timeout)
 
     def launch(self, count: int, establish, after=None, first_source: int = 0) -> Launch:
         sources = self.sources[first_source:] + self.sources[:first_source] if self.sources else None

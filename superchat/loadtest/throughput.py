@@ -71,7 +71,7 @@ def run(plan: Plan) -> dict:
     def after(index: int, conn) -> None:
         post_loop(plan, conn, channel.id, index, window, tally)
 
-    launch = plan.launch(opts.clients, lambda index, source: plan.open_session(source, f"tp{index}"),
+    launch = plan.launch(opts.clients, lambda index, source: plan.open_session(source, f"tp{index}", index),
                          after=after, first_source=1)
     reporter = plan.progress(lambda: f"{launch.established} posters, {tally.acknowledged} posts acknowledged")
     launch.wait_established()
