@@ -153,26 +153,30 @@ def _check_log_format(value: Any) -> str:
     return value
 
 
-def _check_redis_url(value: Any) -> str:
-    value = _check_str(value).strip()
-    if value and not value.startswith(REDIS_SCHEMES):
-        raise _Invalid(f"expected a URL starting with {', '.join(REDIS_SCHEMES)}, got {value!r}")
-    return value
-
-
 POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
 # What --db takes for a database URL rather than a file name.
 _URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
 
 
-def _check_database_url(value: Any) -> str:
-    value = _check_str(value).strip()
-    if value and not value.startswith(POSTGRESQL_SCHEMES):
-        # Only the scheme is named: the rest of a URL may hold a password.
-        scheme = _URL_SCHEME.match(value)
-        got = f"a {scheme[1]}:// URL" if scheme else "no URL scheme"
-        raise _Invalid(f"expected a URL starting with {' or '.join(POSTGRESQL_SCHEMES)}, got {got}")
-    return value
+def masked_url(url: str) -> str:
+    """``url`` without its password (user:password@ or ?password=), for logs."""
+    url = re.sub(r"^([^:/?#]+://[^:@/?#]*):[^@/?#]*@", r"\1:***@", url)
+    return re.sub(r"([?&])password=[^&#]*", r"\1password=***", url)
+
+
+def _url_checker(schemes: tuple[str, ...]) -> Callable[[Any], str]:
+    """A check for a URL of one of ``schemes``, or empty."""
+
+    def check(value: Any) -> str:
+        value = _check_str(value).strip()
+        if value and not value.startswith(schemes):
+            # Only the scheme is named: the rest of a URL may hold a password.
+            scheme = _URL_SCHEME.match(value)
+            got = f"a {scheme[1]}:// URL" if scheme else "no URL scheme"
+            raise _Invalid(f"expected a URL starting with {' or '.join(schemes)}, got {got}")
+        return value
+
+    return check
 
 
 def _check_names(value: Any) -> tuple[str, ...]:
@@ -263,8 +267,8 @@ STR = _Kind(_check_str, lambda text: text)
 LOG_FORMAT = _Kind(_check_log_format, _check_log_format)
 NAMES = _Kind(_check_names, _parse_names)
 CHANNELS = _Kind(_check_channels, _no_text)
-REDIS_URL = _Kind(_check_redis_url, _check_redis_url)
-DATABASE_URL = _Kind(_check_database_url, _check_database_url)
+REDIS_URL = _Kind(_url_checker(REDIS_SCHEMES), _url_checker(REDIS_SCHEMES))
+DATABASE_URL = _Kind(_url_checker(POSTGRESQL_SCHEMES), _url_checker(POSTGRESQL_SCHEMES))
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,22 @@
-"""SQLite persistence for the SuperChat server.
+"""Persistence for the SuperChat server: SQLite, embedded, or PostgreSQL, which servers can share.
 
 Every SQL statement of the server lives here. The API is synchronous and knows nothing about
-gevent: reads run on the hub thread against the reader connection, writes run on one dedicated
-writer thread against the writer connection. Two peewee databases share the same file so that
-the hub never waits for the writer's fsync; WAL lets the reader see every committed write.
+gevent. On SQLite, reads run on the hub thread against the reader connection, writes run on one
+dedicated writer thread against the writer connection. Two peewee databases share the same file
+so that the hub never waits for the writer's fsync; WAL lets the reader see every committed write.
+
+On PostgreSQL, every call takes a connection from a bounded pool and gives it back when it
+returns. peewee keeps a connection per thread, and under gevent's monkey-patching a thread-local
+is a greenlet-local: a connection held only for the length of a call cannot outlive its greenlet.
 """
 
+import _socket
+import functools
 import operator
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from enum import Enum
@@ -18,7 +24,13 @@ from functools import reduce
 from pathlib import Path
 
 import peewee
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
 from peewee import EXCLUDED, SQL, Case, fn
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
+
+from .config import POSTGRESQL_SCHEMES, masked_url
 
 _MS_PER_HOUR = 3_600_000
 _MAX_ROOT_PAGE = 1000
@@ -39,6 +51,11 @@ _PRAGMAS = (
     # so an acknowledged post survives power loss.
     ("synchronous", "FULL"),
 )
+
+# Connections one server opens at most. A call waits this long for one to come free before it
+# fails: bursts queue rather than fail.
+_POOL_CONNECTIONS = 20
+_POOL_WAIT_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -336,14 +353,51 @@ def _migration(dialect: str, number: int) -> list[str]:
     return [statement.format(**terms) for statement in _MIGRATIONS[number - 1]]
 
 
-# The per-post write path (see Store._insert_post).
-_SQL_CHANNEL_EXISTS = "SELECT 1 FROM Channel WHERE id = ?"
-_SQL_PARENT_THREAD = "SELECT thread_root_id FROM Message WHERE id = ? AND channel_id = ? AND deleted_at IS NULL"
-_SQL_INSERT_MESSAGE = (
-    "INSERT INTO Message (channel_id, subchannel_id, parent_id, thread_root_id, author_user_id,"
-    " author_nickname, content, created_at, shadowed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+@dataclass(frozen=True)
+class _PostStatements:
+    """The per-post write path (see Store._insert_post) in one dialect."""
+
+    begin: str
+    parent_thread: str
+    insert_message: str
+    # PostgreSQL's cursors know no inserted id without RETURNING; in SQLite, RETURNING costs more
+    # than the insert itself (measured), and lastrowid nothing.
+    returns_id: bool
+    root_of_itself: str
+
+
+_SQLITE_POSTS = _PostStatements(
+    begin="BEGIN IMMEDIATE",
+    parent_thread='SELECT thread_root_id FROM "Message" WHERE id = ? AND channel_id = ? AND deleted_at IS NULL',
+    insert_message=(
+        'INSERT INTO "Message" (channel_id, subchannel_id, parent_id, thread_root_id, author_user_id,'
+        " author_nickname, content, created_at, shadowed) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    ),
+    returns_id=False,
+    root_of_itself='UPDATE "Message" SET thread_root_id = id WHERE id = ?',
 )
-_SQL_ROOT_OF_ITSELF = "UPDATE Message SET thread_root_id = id WHERE id = ?"
+_POSTGRESQL_POSTS = _PostStatements(
+    begin="BEGIN",
+    parent_thread=_SQLITE_POSTS.parent_thread.replace("?", "%s"),
+    insert_message=_SQLITE_POSTS.insert_message.replace("?", "%s") + " RETURNING id",
+    returns_id=True,
+    root_of_itself=_SQLITE_POSTS.root_of_itself.replace("?", "%s"),
+)
+# SQLite looks each channel up as a batch first names it; PostgreSQL locks them all up front.
+_SQL_CHANNEL_EXISTS = 'SELECT 1 FROM "Channel" WHERE id = ?'
+# A channel's lock is held until the batch commits, so its message ids increase in commit order
+# even when several servers post into it: a reader that has seen an id never misses a smaller one
+# committed later. Rows are locked in id order, so two servers' batches cannot deadlock. NO KEY
+# UPDATE leaves alone the foreign key checks of rows that refer to the channel.
+_SQL_LOCK_CHANNELS = 'SELECT id FROM "Channel" WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE'
+
+# Whether a Channel id was ever handed out: this tells a fresh database from one whose admin
+# deleted every channel. SQLite's AUTOINCREMENT records the highest id used in sqlite_sequence;
+# an identity column's sequence has a last value once it was used.
+_SQL_CHANNEL_IDS_USED = {
+    "sqlite": "SELECT 1 FROM sqlite_sequence WHERE name = 'Channel'",
+    "postgresql": """SELECT 1 WHERE pg_sequence_last_value(pg_get_serial_sequence('"Channel"', 'id')) IS NOT NULL""",
+}
 
 
 class _Model(peewee.Model):
@@ -611,12 +665,98 @@ def _rows(query: peewee.BaseQuery, db: peewee.Database) -> list[tuple]:
     return list(query.tuples().execute(db))
 
 
+_DRIVER_ERRORS = (peewee.PeeweeException, MaxConnectionsExceeded, sqlite3.Error, psycopg2.Error)
+
+
+def _first_line(exc: Exception) -> str:
+    # libpq explains itself over several lines; the first says what went wrong, and a log line or
+    # /health holds one.
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+
+
 @contextmanager
-def _storage_errors():
+def _translated_errors():
     try:
         yield
-    except (peewee.PeeweeException, sqlite3.Error) as exc:
-        raise StorageError(str(exc)) from exc
+    except _DRIVER_ERRORS as exc:
+        raise StorageError(_first_line(exc)) from exc
+
+
+def _storage_errors() -> Callable[[Callable], Callable]:
+    """For every public Store method: driver errors become StorageError and, on PostgreSQL, the
+    call holds a pooled connection from start to end. Calls nest: only the outermost one takes a
+    connection and gives it back."""
+
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            pool = self._pool
+            try:
+                if pool is None or not pool.is_closed():
+                    return method(self, *args, **kwargs)
+                pool.connect()
+                try:
+                    return method(self, *args, **kwargs)
+                finally:
+                    pool.close()
+            except _DRIVER_ERRORS as exc:
+                raise StorageError(_first_line(exc)) from exc
+
+        return call
+
+    return decorate
+
+
+@contextmanager
+def _unique(conflict: Exception):
+    """Raise ``conflict`` for a write that broke a UNIQUE constraint: the check made before it
+    cannot see what another server sharing the database commits in the meantime."""
+    try:
+        yield
+    except peewee.IntegrityError as exc:
+        cause = getattr(exc, "orig", None)
+        if isinstance(cause, psycopg2.errors.UniqueViolation) or (
+            isinstance(cause, sqlite3.IntegrityError) and cause.sqlite_errorcode == sqlite3.SQLITE_CONSTRAINT_UNIQUE
+        ):
+            raise conflict from exc
+        raise
+
+
+class _ConnectionPool(PooledPostgresqlDatabase):
+    """peewee's bounded pool, made to notice dead connections without asking the server."""
+
+    def _is_closed(self, conn) -> bool:
+        # Asked at every check-out, under the pool's lock. peewee asks the server (SELECT 1): a
+        # round trip for every call, and check-outs waiting on each other meanwhile. An idle
+        # connection is sent nothing, so one with anything to read was closed by its server: a
+        # shutdown's FATAL message, or the end of the stream.
+        if conn.closed:
+            return True
+        # The C socket module, which gevent leaves alone: this peek never waits.
+        probe = _socket.socket(fileno=conn.fileno())
+        try:
+            probe.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+        finally:
+            probe.detach()
+        return True
+
+    def rollback(self) -> None:
+        # A connection closed under a transaction took it along. Trying anyway would raise, and hide
+        # why the connection went: its server's error, or the GreenletExit of a killed greenlet.
+        conn = self._state.conn
+        if conn is None or not conn.closed:
+            super().rollback()
+
+
+def _postgresql_url(target: os.PathLike | str) -> str | None:
+    """The URL in the form peewee passes to libpq whole, or None for an SQLite file."""
+    if isinstance(target, str) and target.startswith(POSTGRESQL_SCHEMES):
+        return "postgresql://" + target.partition("://")[2]
+    return None
 
 
 def _open(path: Path, lock_type: str | None = None) -> peewee.SqliteDatabase:
@@ -632,6 +772,14 @@ def _open(path: Path, lock_type: str | None = None) -> peewee.SqliteDatabase:
     )
     db.connect()
     return db
+
+
+def _lock_channels(cursor, posts: Sequence[NewPost]) -> dict[int, bool]:
+    """PostgreSQL: lock the channels of a batch of posts for its transaction; says which exist."""
+    wanted = sorted({post.channel_id for post in posts})
+    cursor.execute(_SQL_LOCK_CHANNELS, (wanted,))
+    found = {row[0] for row in cursor.fetchall()}
+    return {channel_id: channel_id in found for channel_id in wanted}
 
 
 def _migrate(db: peewee.Database) -> None:
@@ -669,13 +817,25 @@ def _set_schema_version(db: peewee.Database, postgres: bool, version: int) -> No
 
 
 class Store:
-    def __init__(self, path: os.PathLike | str):
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._path = path
+    def __init__(self, target: os.PathLike | str):
+        """``target``: an SQLite database file, or a postgresql:// (or postgres://) URL."""
         self._channels_version = 0
         self._channel_cache: tuple[int, dict[int, ChannelRow]] | None = None
-        with _storage_errors():
+        url = _postgresql_url(target)
+        # Where the data lives, fit for a log line.
+        self.location = str(target) if url is None else masked_url(str(target))
+        if url is None:
+            self._open_sqlite(Path(target))
+        else:
+            self._open_postgresql(url)
+
+    def _open_sqlite(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.dialect = "sqlite"
+        self._path = path
+        self._pool: _ConnectionPool | None = None
+        self._posts = _SQLITE_POSTS
+        with _translated_errors():
             # IMMEDIATE: take the write lock when the transaction starts, so a write transaction
             # never fails half-way on a lock upgrade.
             self._writer = _open(path, lock_type="IMMEDIATE")
@@ -686,8 +846,30 @@ class Store:
                 self._writer.close()
                 raise
 
+    def _open_postgresql(self, url: str) -> None:
+        self.dialect = "postgresql"
+        self._url = url
+        # autoconnect off: a query outside a call's connection is a bug, and fails loudly.
+        self._pool = _ConnectionPool(
+            url, max_connections=_POOL_CONNECTIONS, timeout=_POOL_WAIT_SECONDS, autoconnect=False
+        )
+        self._reader = self._writer = self._pool
+        self._posts = _POSTGRESQL_POSTS
+        try:
+            with self._pool.connection_context():
+                _migrate(self._pool)
+        except BaseException as exc:
+            self._pool.close_all()
+            if isinstance(exc, _DRIVER_ERRORS):
+                # Under gevent, libpq's reason leaves out which server it could not reach.
+                raise StorageError(f"{self.location}: {_first_line(exc)}") from exc
+            raise
+
     def close(self) -> None:
-        with _storage_errors():
+        with _translated_errors():
+            if self._pool is not None:
+                self._pool.close_all()
+                return
             self._reader.close()
             self._writer.close()
 
@@ -882,11 +1064,14 @@ class Store:
         return [DiscoveredServerRow(*row) for row in _rows(query, self._reader)]
 
     def database_problem(self, timeout_seconds: float) -> str | None:
-        """What is wrong with the database file, or None: a real query on a fresh connection.
+        """What is wrong with the database, or None: a real query on a fresh connection.
 
         A fresh connection notices what the long-lived ones may not (a deleted, replaced or
-        corrupted file); the timeout bounds the wait for a lock. Safe to call from any thread.
+        corrupted file; a server that went away); the timeout bounds the wait for a lock or a
+        slow server. Safe to call from any thread.
         """
+        if self._pool is not None:
+            return self._postgresql_problem(timeout_seconds)
         try:
             probe = sqlite3.connect(f"file:{self._path}?mode=rw", uri=True, timeout=timeout_seconds)
             try:
@@ -897,15 +1082,31 @@ class Store:
             return str(exc)
         return None
 
+    def _postgresql_problem(self, timeout_seconds: float) -> str | None:
+        # libpq counts connect_timeout in whole seconds, and takes less than 2 as 2.
+        connect_seconds = max(2, round(timeout_seconds))
+        own_options = psycopg2.extensions.parse_dsn(self._url).get("options", "")
+        statement_timeout = f"-c statement_timeout={int(timeout_seconds * 1000)}"
+        try:
+            probe = psycopg2.connect(
+                self._url, connect_timeout=connect_seconds, options=f"{own_options} {statement_timeout}".strip()
+            )
+            try:
+                with probe.cursor() as cursor:
+                    cursor.execute('SELECT COUNT(*) FROM "Channel"')
+                    cursor.fetchone()
+            finally:
+                probe.close()
+        except psycopg2.Error as exc:
+            return _first_line(exc)
+        return None
+
     # -- writes: writer thread, writer connection --------------------------------------------
 
     @_storage_errors()
     def seed_channels(self, seeds: Sequence[tuple[str, str]], default_retention_hours: int) -> None:
         with self._writer.atomic():
-            # AUTOINCREMENT records the highest Channel id ever used in sqlite_sequence, so this
-            # tells a fresh database from one whose admin deleted every channel.
-            used = self._writer.execute_sql("SELECT 1 FROM sqlite_sequence WHERE name = 'Channel'")
-            if used.fetchall():
+            if self._writer.execute_sql(_SQL_CHANNEL_IDS_USED[self.dialect]).fetchall():
                 return
             now = _now_ms()
             channels = [
@@ -931,7 +1132,7 @@ class Store:
                     created_by=None,
                     created_at=now,
                 ).on_conflict_ignore().execute(self._writer)
-        self._channels_version += 1
+        self.channels_changed()
 
     @_storage_errors()
     def create_channel(
@@ -943,7 +1144,7 @@ class Store:
         retention_hours: int,
         created_by: int | None,
     ) -> ChannelRow:
-        with self._writer.atomic():
+        with _unique(ChannelExists(name)), self._writer.atomic():
             if _rows(_Channel.select(_Channel.id).where(_Channel.name == name), self._writer):
                 raise ChannelExists(name)
             now = _now_ms()
@@ -956,7 +1157,7 @@ class Store:
                 created_by=created_by,
                 created_at=now,
             ).execute(self._writer)
-        self._channels_version += 1
+        self.channels_changed()
         return ChannelRow(channel_id, name, display_name, description, channel_type, retention_hours, created_by, now)
 
     @_storage_errors()
@@ -971,52 +1172,63 @@ class Store:
         """Insert a batch in a new write transaction, left open for ``commit_posts``.
 
         Inserting is quick work in SQLite's page cache and the commit is what waits for the
-        disk, so the two can run on different threads. On failure the transaction is gone.
+        disk, so the two can run on different threads. On PostgreSQL the transaction belongs to
+        the call's connection: insert and commit there within one ``post_messages``. On failure
+        the transaction is gone.
         """
         db = self._writer.connection()
-        db.execute("BEGIN IMMEDIATE")
+        cursor = db.cursor()
+        cursor.execute(self._posts.begin)
         try:
             now = _now_ms()
-            channels: dict[int, bool] = {}
-            return [self._insert_post(db, post, now, channels) for post in posts]
+            channels = {} if self._pool is None else _lock_channels(cursor, posts)
+            return [self._insert_post(cursor, post, now, channels) for post in posts]
         except BaseException:
-            db.execute("ROLLBACK")
+            self._roll_back(db)
             raise
 
     @_storage_errors()
     def commit_posts(self) -> None:
         db = self._writer.connection()
         try:
-            db.execute("COMMIT")
+            db.cursor().execute("COMMIT")
         except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
+            self._roll_back(db)
             raise
 
-    @staticmethod
-    def _insert_post(db: sqlite3.Connection, post: NewPost, now: int, channels: dict[int, bool]
-                     ) -> MessageRow | PostRejected:
-        # Literal SQL on the bare sqlite3 connection on this per-post path: building the equivalent
+    def _roll_back(self, db) -> None:
+        if self._pool is None:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+        # The server of a lost connection has rolled back already.
+        elif not db.closed:
+            db.cursor().execute("ROLLBACK")
+
+    def _insert_post(self, cursor, post: NewPost, now: int, channels: dict[int, bool]) -> MessageRow | PostRejected:
+        # Literal SQL on the bare driver connection on this per-post path: building the equivalent
         # peewee queries took longer than SQLite took to run them (profiled under the throughput
         # load test).
+        sql = self._posts
         if post.channel_id not in channels:
-            channels[post.channel_id] = db.execute(_SQL_CHANNEL_EXISTS, (post.channel_id,)).fetchone() is not None
+            cursor.execute(_SQL_CHANNEL_EXISTS, (post.channel_id,))
+            channels[post.channel_id] = cursor.fetchone() is not None
         if not channels[post.channel_id]:
             return PostRejected.NO_CHANNEL
         thread_root_id = None
         if post.parent_id is not None:
-            parent = db.execute(_SQL_PARENT_THREAD, (post.parent_id, post.channel_id)).fetchone()
+            cursor.execute(sql.parent_thread, (post.parent_id, post.channel_id))
+            parent = cursor.fetchone()
             if parent is None:
                 return PostRejected.NO_PARENT
             thread_root_id = parent[0]
-        cursor = db.execute(_SQL_INSERT_MESSAGE, (
+        cursor.execute(sql.insert_message, (
             post.channel_id, post.subchannel_id, post.parent_id, thread_root_id,
-            post.author_user_id, post.author_nickname, post.content, now, int(post.shadowed),
+            post.author_user_id, post.author_nickname, post.content, now, post.shadowed,
         ))
-        message_id = cursor.lastrowid
+        message_id = cursor.fetchone()[0] if sql.returns_id else cursor.lastrowid
         if thread_root_id is None:
             thread_root_id = message_id
-            db.execute(_SQL_ROOT_OF_ITSELF, (message_id,))
+            cursor.execute(sql.root_of_itself, (message_id,))
         return MessageRow(
             message_id,
             post.channel_id,
@@ -1084,12 +1296,12 @@ class Store:
             if not rows:
                 return None
             _Channel.delete().where(_Channel.id == channel_id).execute(self._writer)
-        self._channels_version += 1
+        self.channels_changed()
         return ChannelRow(*rows[0])
 
     @_storage_errors()
     def create_user(self, nickname: str, password_hash: str, user_flags: int) -> UserRow:
-        with self._writer.atomic():
+        with _unique(NicknameTaken(nickname)), self._writer.atomic():
             self._check_nickname_free(nickname, None)
             now = _now_ms()
             user_id = _User.insert(
@@ -1108,7 +1320,7 @@ class Store:
 
     @_storage_errors()
     def rename_user(self, user_id: int, nickname: str) -> None:
-        with self._writer.atomic():
+        with _unique(NicknameTaken(nickname)), self._writer.atomic():
             self._check_nickname_free(nickname, user_id)
             _User.update(nickname=nickname).where(_User.id == user_id).execute(self._writer)
 
@@ -1147,7 +1359,7 @@ class Store:
     def add_ssh_key(
         self, user_id: int, fingerprint: str, public_key: str, key_type: str, label: str | None
     ) -> SSHKeyRow:
-        with self._writer.atomic():
+        with _unique(SSHKeyExists(fingerprint)), self._writer.atomic():
             if _rows(_SSHKey.select(_SSHKey.id).where(_SSHKey.fingerprint == fingerprint), self._writer):
                 raise SSHKeyExists(fingerprint)
             now = _now_ms()

@@ -1,7 +1,52 @@
 import pytest
 
 from tests.client import Client
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, shared_postgres
+
+# Left out when every scd runs on PostgreSQL (SUPERCHAT_TEST_DATABASE=postgresql): they are about
+# SQLite itself, or break the database through its SQLite file.
+SQLITE_ONLY = {
+    "tests/test_storage.py": "drives the Store directly on SQLite files",
+    "tests/test_writer.py": "measures SQLite's writer thread",
+    **{
+        f"tests/test_logs.py::{name}": "breaks the SQLite file for an error to log"
+        for name in (
+            "test_guide_recipes_return_the_right_lines",
+            "test_a_failed_post_does_not_count_as_a_sender",
+            "test_errors_log_appends_with_a_marker_per_start_and_server_log_starts_empty",
+            "test_json_lines_carry_the_fields_elk_ingests",
+            "test_journal_lines_carry_their_syslog_priority",
+        )
+    },
+    "tests/test_metrics.py::test_health_says_so_when_the_database_is_unusable": "deletes the SQLite file",
+    "tests/test_metrics.py::test_the_guides_healthcheck_script_passes_then_fails_on_a_broken_database":
+        "deletes the SQLite file",
+    "tests/test_server_lifecycle.py::test_retention_removes_expired_threads_at_start": "edits the SQLite file",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    if shared_postgres is None:
+        return
+    for item in items:
+        for prefix, reason in SQLITE_ONLY.items():
+            if item.nodeid == prefix or item.nodeid.startswith((prefix + "::", prefix + "[")):
+                item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def postgres_for_every_server():
+    yield
+    if shared_postgres is not None:
+        shared_postgres.stop()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_postgres_databases():
+    """A module's databases go once its servers, module-scoped ones too, are gone."""
+    yield
+    if shared_postgres is not None:
+        shared_postgres.drop_databases()
 
 
 @pytest.fixture

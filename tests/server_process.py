@@ -1,4 +1,8 @@
-"""Run the real ``bin/scd`` as a subprocess on loopback and an ephemeral port."""
+"""Run the real ``bin/scd`` as a subprocess on loopback and an ephemeral port.
+
+With SUPERCHAT_TEST_DATABASE=postgresql every scd keeps its data in PostgreSQL instead of SQLite:
+one throwaway server for the whole test session, a fresh database for each scd's root directory.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +20,53 @@ from pathlib import Path
 
 import tomli_w
 
+from tests.postgres_server import PostgresServer
+
 REPO = Path(__file__).resolve().parent.parent
 SCD = REPO / "bin" / "scd"
 STARTED = re.compile(r"Server started on port (\d+)")
 # "Metrics server listening on 127.0.0.1:41234 ...", "Profiling server listening on ..."
 SIDE_LISTENER = re.compile(r"(Metrics|Profiling|WebSocket|SSH) server listening on \S+:(\d+)")
 PORT_ATTRIBUTES = {"Metrics": "metrics_port", "Profiling": "pprof_port", "WebSocket": "http_port", "SSH": "ssh_port"}
+
+
+TEST_DATABASE = os.environ.get("SUPERCHAT_TEST_DATABASE", "sqlite")
+assert TEST_DATABASE in ("sqlite", "postgresql"), f"SUPERCHAT_TEST_DATABASE={TEST_DATABASE}: sqlite or postgresql"
+
+
+class SharedPostgres:
+    """The session's PostgreSQL server, started at first use, and a database per scd root."""
+
+    def __init__(self):
+        self._server: PostgresServer | None = None
+        self._databases: dict[Path, str] = {}
+        self._created = 0
+
+    def url_for(self, root: Path) -> str:
+        if self._server is None:
+            self._server = PostgresServer().start()
+        name = self._databases.get(root)
+        if name is None:
+            self._created += 1
+            name = self._databases[root] = f"scd_{self._created}"
+            self._server.create_database(name)
+        return self._server.url(name)
+
+    def drop_databases(self) -> None:
+        """Drop every database made so far, with any connection still open on it."""
+        if self._server is None:
+            return
+        for name in self._databases.values():
+            self._server.drop_database(name)
+        self._databases.clear()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+
+shared_postgres = SharedPostgres() if TEST_DATABASE == "postgresql" else None
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -65,6 +110,8 @@ class ServerProcess:
             "observability": {"metrics_bind": "127.0.0.1", "metrics_port": 0,
                               "pprof_bind": "127.0.0.1", "pprof_port": 0},
         }
+        if shared_postgres is not None:
+            document["server"]["database_url"] = shared_postgres.url_for(self.root)
         for section, values in settings.items():
             document.setdefault(section, {}).update(values)
         self.config_path.write_text(tomli_w.dumps(document))

@@ -11,6 +11,7 @@ import pytest
 from superchat.config import load_config
 from superchat.protocol import FrameDecoder, decode_payload, encode_message
 from superchat.protocol import messages as m
+from superchat.server.cluster import Solo
 from superchat.server.directory import Directory
 from superchat.server.session import SessionRegistry
 from superchat.storage import Store
@@ -113,7 +114,7 @@ def test_servers_json_has_the_reference_key_names(tmp_path):
     store = Store(tmp_path / "directory.db")
     try:
         store.register_server("10.0.0.7", 7000, "Seven", "Lucky", 10, True, 3, "10.0.0.7", int(time.time() * 1000))
-        ctx = SimpleNamespace(config=config, store=store, sessions=SessionRegistry())
+        ctx = SimpleNamespace(config=config, store=store, sessions=SessionRegistry(), cluster=Solo())
         directory = Directory(ctx, lambda: 6465, time.monotonic())
         document = json.loads(directory.servers_json())
     finally:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-import urllib.parse
 from pathlib import Path
 
 import gevent
@@ -13,7 +12,7 @@ from gevent.pool import Pool
 from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
 
-from ..config import Config
+from ..config import Config, masked_url
 from ..observability import metrics
 from ..observability.http import Health, metrics_app
 from ..observability.profiling import enable_block_profiling, profiling_app
@@ -43,8 +42,7 @@ ACCEPT_BACKLOG = 4096
 class Server:
     def __init__(self, config: Config):
         self.config = config
-        config.database_path.parent.mkdir(parents=True, exist_ok=True)
-        store = Store(config.database_path)
+        store = Store(config.database_url or config.database_path)
         store.seed_channels(
             [(seed.name, seed.description) for seed in config.seed_channels],
             config.default_retention_hours,
@@ -121,13 +119,13 @@ class Server:
             log.info("%s listening on %s:%d", name, self.config.bind_address, listener.server_port)
         self._listener.start()
         log.info("Server started on port %d", self.port)
-        log.info("Database: %s", self.config.database_path)
+        log.info("Database: %s", self.ctx.store.location)
         self._background.append(gevent.spawn(self._retention_loop))
         ctx = self.ctx
         ctx.cluster.start(lambda event: events.apply_remote(ctx, event), ctx.sessions.by_id.values)
         if ctx.cluster.shared:
             log.info("Cluster node %s joined through Redis %s", ctx.cluster.node_id,
-                     _without_password(self.config.redis_url))
+                     masked_url(self.config.redis_url))
         self.directory.start()  # after the listener: announcements name the port it really got
 
     def _retention_loop(self) -> None:
@@ -176,9 +174,3 @@ class Server:
         self.ctx.store.close()
         log.info("Graceful shutdown complete (%d sessions notified)", len(sessions))
 
-
-def _without_password(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    return parts._replace(netloc=parts.netloc.replace(f":{parts.password}@", ":***@")).geturl()

@@ -1,4 +1,4 @@
-"""All database writes, one at a time, with the waits for the disk off the gevent hub.
+"""All database writes, with the waits for the disk off the gevent hub.
 
 SQLite allows one writer at a time, and a commit waits for fsync. Writes run on a
 dedicated thread, except the inserts of posts: those are quick work in SQLite's page
@@ -7,6 +7,11 @@ lock the busy hub holds. So a batch of posts is inserted on the hub and committe
 the thread. Posts that arrive while a commit is in progress are committed together
 in the next transaction (group commit), and each acknowledgement still follows the
 commit of that very post.
+
+PostgreSQL takes concurrent writers, and with psycogreen its queries wait without
+blocking the hub: writes run on the calling greenlet, as many at once as the Store's
+connection pool allows. Posts are group-committed all the same, each batch inserted
+and committed by the greenlet that commits the queue.
 """
 
 from __future__ import annotations
@@ -25,14 +30,17 @@ from ..storage import MessageRow, NewPost, PostRejected, Store
 class Writer:
     def __init__(self, store: Store):
         self._store = store
-        self._pool = ThreadPool(1)
+        self._pool = ThreadPool(1) if store.dialect == "sqlite" else None
         # The write connection has one user at a time: a job on the thread or a batch of posts.
         self._turn = Semaphore()
         self._queued: list[tuple[NewPost, AsyncResult]] = []
         self._committer: gevent.Greenlet | None = None
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run one write on the writer thread; blocks only the calling greenlet."""
+        """Run one write on the writer thread (SQLite) or right here (PostgreSQL); blocks only the
+        calling greenlet."""
+        if self._pool is None:
+            return fn(*args)
         with self._turn:
             return self._pool.apply(fn, args)
 
@@ -50,8 +58,7 @@ class Writer:
                 with self._turn:
                     batch, self._queued = self._queued, []
                     try:
-                        rows = self._store.insert_posts([post for post, _ in batch])
-                        self._pool.apply(self._store.commit_posts)
+                        rows = self._store_batch([post for post, _ in batch])
                     except Exception as exc:  # every waiter learns of the failure; none is acknowledged
                         for _, result in batch:
                             result.set_exception(exc)
@@ -64,9 +71,17 @@ class Writer:
         finally:
             self._committer = None
 
+    def _store_batch(self, posts: list[NewPost]) -> list[MessageRow | PostRejected]:
+        if self._pool is None:
+            return self._store.post_messages(posts)
+        rows = self._store.insert_posts(posts)
+        self._pool.apply(self._store.commit_posts)
+        return rows
+
     def close(self) -> None:
         """Wait for queued writes, then stop the thread."""
         committer = self._committer
         if committer is not None:
             committer.join()
-        self._pool.kill()
+        if self._pool is not None:
+            self._pool.kill()

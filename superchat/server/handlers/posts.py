@@ -90,6 +90,9 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
         text = "Channel not found" if stored is PostRejected.NO_CHANNEL else "Parent message not found"
         raise Refused(ErrorCode.DATABASE_ERROR, text)
 
+    # Built before the acknowledgement: looking up the author may yield to other greenlets, and the
+    # post goes to the sessions subscribed at the moment it is acknowledged.
+    notice = _entries(ctx, [stored], messages.NewMessage)[0]
     # Sent only now: the post is committed, so a crash from here on cannot lose it.
     send(session, messages.MessagePosted(success=True, message_id=stored.id, message="Message posted"))
     log.info("%s POST_MESSAGE channel=%d message=%d session=%d", session.nickname, stored.channel_id,
@@ -99,8 +102,7 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
     else:
         route, key, post = events.THREAD_SUBSCRIBERS, stored.thread_root_id, ("thread", stored.channel_id,
                                                                               stored.thread_root_id)
-    events.deliver(ctx, route, key, _entries(ctx, [stored], messages.NewMessage)[0],
-                   private_to=_private_to(stored), post=post)
+    events.deliver(ctx, route, key, notice, private_to=_private_to(stored), post=post)
 
 
 def edit_message(ctx: ServerContext, session: Session, msg) -> None:
