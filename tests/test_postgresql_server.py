@@ -7,6 +7,7 @@ import base64
 import hashlib
 import itertools
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -217,12 +218,12 @@ def test_posts_from_two_servers_into_one_channel_keep_commit_order(postgres, dat
     assert [stamp for (stamp,) in committed] == sorted(stamp for (stamp,) in committed)
 
 
-# As scd runs it: gevent's monkey-patching, and psycogreen.
+# As scd runs it: gevent's monkey-patching, and psycopg2 waiting through gevent.
 GREENLETS = textwrap.dedent("""
     from gevent import monkey; monkey.patch_all()
-    import psycogreen.gevent; psycogreen.gevent.patch_psycopg()
     import json, sys
     sys.path.insert(0, sys.argv[1])
+    from superchat.server import green_postgresql; green_postgresql.install()
     import gevent, psycopg2
     from superchat.storage import Store
 
@@ -294,6 +295,20 @@ def test_an_unreachable_database_stops_the_start_with_one_line(tmp_path):
                             env=isolated_env(tmp_path), capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"scd: cannot start: {url}: Connection refused"]
+
+
+def test_a_database_that_never_answers_stops_the_start_within_seconds(tmp_path):
+    # It takes connections and says nothing, as a host behind a firewall that drops packets seems to.
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        url = f"postgresql://postgres@127.0.0.1:{silent.getsockname()[1]}/nowhere"
+        started = time.monotonic()
+        result = subprocess.run([sys.executable, str(SCD), "--config", str(tmp_path / "config.toml"), "--db", url,
+                                 "--port", "0", "--metrics-port", "0", "--pprof-port", "0", "--bind", "127.0.0.1"],
+                                env=isolated_env(tmp_path), capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"scd: cannot start: {url}: PostgreSQL did not answer within 5 s (connecting)"]
+    assert time.monotonic() - started < 20
 
 
 @pytest.mark.parametrize("argv, environ, url, path", [
