@@ -318,13 +318,7 @@ def measure(bench: single.Benchmark, nodes: list[single.Server], services: Servi
         if before is not None and after is not None:
             record[f"{name}_cpu_seconds"] = round(after - before, 2)
     if proc is not None:
-        try:
-            record["result"] = json.loads(proc.stdout)
-        except json.JSONDecodeError:
-            record["error"] = f"sc-loadtest exited {proc.returncode} without a report: {proc.stderr[-2000:]}"
-        else:
-            if "error" in record["result"]:
-                record["error"] = record["result"]["error"]
+        single.read_report(proc, record)
 
 
 # -- the report --

@@ -245,13 +245,7 @@ def run_one(bench: Benchmark, kind: str, binary: str | None, ports: tuple[int, i
             wall = time.monotonic() - wall_before
             cpu_after = server.cpu_seconds()
             if proc is not None:
-                try:
-                    record["result"] = json.loads(proc.stdout)
-                except json.JSONDecodeError:
-                    record["error"] = f"sc-loadtest exited {proc.returncode} without a report: {proc.stderr[-2000:]}"
-                else:
-                    if "error" in record["result"]:
-                        record["error"] = record["result"]["error"]
+                read_report(proc, record)
             stats: dict = {"pid": server.pid, "tool_wall_seconds": round(wall, 3),
                            "peak_rss_kib": server.status_kib("VmHWM"), "rss_kib": server.status_kib("VmRSS")}
             if cpu_before is not None and cpu_after is not None:
@@ -272,6 +266,17 @@ def run_one(bench: Benchmark, kind: str, binary: str | None, ports: tuple[int, i
 
 
 # -- the machine --
+
+
+def read_report(proc: subprocess.CompletedProcess, record: dict) -> None:
+    """The load tool's JSON report into ``record["result"]``, or why there is none into ``record["error"]``."""
+    try:
+        record["result"] = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        record["error"] = f"sc-loadtest exited {proc.returncode} without a report: {proc.stderr[-2000:]}"
+    else:
+        if "error" in record["result"]:
+            record["error"] = record["result"]["error"]
 
 
 def _first_line(args: list[str]) -> str | None:

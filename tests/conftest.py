@@ -1,6 +1,7 @@
 import pytest
 
 from tests.client import Client
+from tests.postgres_server import PostgresServer
 from tests.server_process import ServerProcess, shared_postgres
 
 # Left out when every scd runs on PostgreSQL (SUPERCHAT_TEST_DATABASE=postgresql): they are about
@@ -39,6 +40,14 @@ def postgres_for_every_server():
     yield
     if shared_postgres is not None:
         shared_postgres.stop()
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL server for the module's tests."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -34,13 +34,6 @@ NODE_DEPARTURE_SECONDS = 20
 _databases = itertools.count(1)
 
 
-@pytest.fixture(scope="module")
-def postgres():
-    server = PostgresServer().start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture
 def redis_server():
     server = RedisServer().start()

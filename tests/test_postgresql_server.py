@@ -52,18 +52,13 @@ def database(postgres) -> str:
 
 
 @pytest.fixture
-def start_scd(tmp_path, postgres, database):
+def start_scd(start_server, postgres, database):
     """Start another scd on the test's database (or on ``url``)."""
-    started: list[ServerProcess] = []
 
     def start(url: str | None = None) -> ServerProcess:
-        server = ServerProcess(tmp_path / f"scd{len(started)}", SETTINGS, ("--db", url or postgres.url(database)))
-        started.append(server)
-        return server.start()
+        return start_server(SETTINGS, ("--db", url or postgres.url(database)))
 
-    yield start
-    for server in started:
-        server.kill()
+    return start
 
 
 @pytest.fixture

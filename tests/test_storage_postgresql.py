@@ -9,7 +9,6 @@ import peewee
 import pytest
 
 from superchat import storage
-from tests.postgres_server import PostgresServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -25,13 +24,6 @@ MODELS = (
     storage._DiscoveredServer,
 )
 _names = itertools.count(1)
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    server = PostgresServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -80,14 +80,7 @@ class RemoteSession:
 
 
 def roster_entry(session: Session) -> dict:
-    return {
-        "session_id": session.id,
-        "nickname": session.nickname,
-        "is_registered": session.user_id is not None,
-        "user_id": session.user_id,
-        "user_flags": session.user_flags,
-        "channel_id": session.joined_channel,
-    }
+    return {**session.identity(), "channel_id": session.joined_channel}
 
 
 class Solo:
@@ -201,7 +194,11 @@ class Cluster:
     def start(self, apply_remote: Callable[[Event], None], local_sessions: Callable[[], Iterable[Session]]) -> None:
         self._apply_remote = apply_remote
         self._local_sessions = local_sessions
-        self._greenlets = [gevent.spawn(loop) for loop in (self._write_loop, self._read_loop, self._heartbeat_loop)]
+        self._greenlets = [
+            gevent.spawn(self._retrying, self._write_step),
+            gevent.spawn(self._retrying, self._read_step),
+            gevent.spawn(self._heartbeat_loop),
+        ]
 
     def stop(self) -> None:
         """Write what is waiting (briefly), then leave the cluster at once rather than by expiry."""
@@ -330,23 +327,28 @@ class Cluster:
 
     # -- background work ----------------------------------------------------------------------
 
-    def _write_loop(self) -> None:
-        """Writes the outbox and roster changes in order; waits and retries while Redis is away."""
+    def _retrying(self, step: Callable[[], None]) -> None:
+        """Run ``step`` for ever; while Redis fails it, wait a little longer before each retry."""
         failures = 0
         while True:
+            try:
+                step()
+            except redis.RedisError as exc:
+                self._unreachable(exc)
+                gevent.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+                failures += 1
+            else:
+                failures = 0
+
+    def _write_step(self) -> None:
+        """Writes the outbox and roster changes in order, or waits for some."""
+        if not (self._outbox or self._roster_updates or self._address_updates or self._resync):
             self._wake.wait()
             self._wake.clear()
-            while self._outbox or self._roster_updates or self._address_updates or self._resync:
-                try:
-                    self._write_batch()
-                except redis.RedisError as exc:
-                    self._unreachable(exc)
-                    gevent.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
-                    failures += 1
-                    continue
-                failures = 0
-                self._reachable()
-                metrics.cluster_outbox(len(self._outbox))
+            return
+        self._write_batch()
+        self._reachable()
+        metrics.cluster_outbox(len(self._outbox))
 
     def _write_batch(self) -> None:
         pipe = self._redis.pipeline(transaction=False)
@@ -407,25 +409,16 @@ class Cluster:
             if delta:
                 pipe.hincrby(addresses_key, host, delta)
 
-    def _read_loop(self) -> None:
+    def _read_step(self) -> None:
         """Applies the other nodes' events in stream order, resuming after the last one seen."""
-        failures = 0
-        while True:
-            try:
-                if self._stream_position is None:
-                    self._stream_position = self._newest_entry()
-                found = self._redis.xread({STREAM: self._stream_position}, count=READ_BATCH, block=READ_BLOCK_MS)
-            except redis.RedisError as exc:
-                self._unreachable(exc)
-                gevent.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
-                failures += 1
-                continue
-            failures = 0
-            self._reachable()
-            for _, entries in found:
-                for entry_id, fields in entries:
-                    self._stream_position = entry_id.decode()
-                    self._receive(fields)
+        if self._stream_position is None:
+            self._stream_position = self._newest_entry()
+        found = self._redis.xread({STREAM: self._stream_position}, count=READ_BATCH, block=READ_BLOCK_MS)
+        self._reachable()
+        for _, entries in found:
+            for entry_id, fields in entries:
+                self._stream_position = entry_id.decode()
+                self._receive(fields)
 
     def _receive(self, fields: dict) -> None:
         if fields[b"node"].decode() == self.node_id and fields[b"run"].decode() == self._incarnation:

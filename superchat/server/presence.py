@@ -14,20 +14,10 @@ from .context import ServerContext
 from .session import Session
 
 
-def _identity(session: Session) -> dict:
-    return {
-        "session_id": session.id,
-        "nickname": session.nickname,
-        "is_registered": session.user_id is not None,
-        "user_id": session.user_id,
-        "user_flags": session.user_flags,
-    }
-
-
 def server_presence(ctx: ServerContext, session: Session, online: bool, to_self: bool = True) -> None:
     if not session.nickname:
         return
-    events.deliver(ctx, events.ROSTER_WATCHERS, None, messages.ServerPresence(**_identity(session), online=online),
+    events.deliver(ctx, events.ROSTER_WATCHERS, None, messages.ServerPresence(**session.identity(), online=online),
                    exclude=None if to_self else session)
 
 
@@ -35,7 +25,7 @@ def channel_presence(ctx: ServerContext, session: Session, channel_id: int, join
     ctx.cluster.roster_changed(session)
     if not session.nickname:
         return
-    notice = messages.ChannelPresence(channel_id=channel_id, **_identity(session), joined=joined)
+    notice = messages.ChannelPresence(channel_id=channel_id, **session.identity(), joined=joined)
     if not to_self:
         events.deliver(ctx, events.CHANNEL_AUDIENCE, channel_id, notice, exclude=session)
     elif not joined:  # the leaver is no longer a member but learns it left

@@ -79,6 +79,16 @@ class Session:
         """Closed or told to go: no longer one of the sessions a broadcast is meant for."""
         return self.closed or bool(self._finish_reason)
 
+    def identity(self) -> dict:
+        """Who the session is, in the fields SERVER_PRESENCE and CHANNEL_PRESENCE tell it."""
+        return {
+            "session_id": self.id,
+            "nickname": self.nickname,
+            "is_registered": self.user_id is not None,
+            "user_id": self.user_id,
+            "user_flags": self.user_flags,
+        }
+
     @property
     def host(self) -> str:
         return self.address[0]
