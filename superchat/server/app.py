@@ -17,7 +17,7 @@ from ..observability import metrics
 from ..observability.http import Health, metrics_app
 from ..observability.profiling import enable_block_profiling, profiling_app
 from ..protocol import flags, messages
-from ..storage import Store
+from ..storage import StorageError, Store
 from . import events
 from .bans import BanList
 from .cluster import Cluster, Solo
@@ -37,6 +37,7 @@ log = logging.getLogger("superchat.server")
 # Bounded so a stuck client cannot hold up shutdown.
 SHUTDOWN_DRAIN_SECONDS = 3.0
 ACCEPT_BACKLOG = 4096
+CLUSTER_REFRESH_SECONDS = 10
 
 
 class Server:
@@ -121,6 +122,8 @@ class Server:
         log.info("Server started on port %d", self.port)
         log.info("Database: %s", self.ctx.store.location)
         self._background.append(gevent.spawn(self._retention_loop))
+        if self.ctx.cluster.shared:
+            self._background.append(gevent.spawn(self._refresh_loop))
         ctx = self.ctx
         ctx.cluster.start(lambda event: events.apply_remote(ctx, event), ctx.sessions.by_id.values)
         if ctx.cluster.shared:
@@ -133,6 +136,17 @@ class Server:
         while True:
             gevent.sleep(interval)
             self.delete_expired_messages()
+
+    def _refresh_loop(self) -> None:
+        """Bans and channels read again now and then: an event this node missed (Redis trimmed the
+        stream while it was away, or the database failed while it applied one) is made good."""
+        while True:
+            gevent.sleep(CLUSTER_REFRESH_SECONDS)
+            try:
+                self.ctx.bans.reload()
+            except StorageError as exc:
+                log.error("Reloading bans failed: database error: %s", exc)
+            self.ctx.store.channels_changed()
 
     def delete_expired_messages(self) -> None:
         ctx = self.ctx

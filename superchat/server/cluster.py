@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -152,14 +153,18 @@ class Cluster:
         # Tells this run's events from an earlier run's of the same node id (for de-duplication).
         self._incarnation = secrets.token_hex(8)
         self._sequence = 0
-        self._outbox: deque[Event] = deque()
+        # Stream fields, numbered when published so that a retried write repeats the same numbers.
+        self._outbox: deque[dict] = deque()
         self._dropped = 0
         self._roster_updates: dict[int, str | None] = {}
         self._address_updates: dict[str, int] = {}
         self._resync = True
         self._wake = Signal()
         self._last_seen: dict[str, int] = {}
-        self._stream_position: str | None = None
+        # Until Redis says where its stream ends: from now on, should it be unreachable at start.
+        self._stream_position: str | None = f"{time.time_ns() // 1_000_000}-0"
+        # Peers are not buried until then: after an outage every heartbeat key has expired at once.
+        self._bury_after = 0.0
         self.peers: tuple[str, ...] = ()
         # Why Redis is unusable right now, or None.
         self.problem: str | None = None
@@ -235,7 +240,7 @@ class Cluster:
             metrics.cluster_outbox(len(self._outbox), 1)
             if self._dropped == 1:
                 log.error("Cluster outbox full (%d events): dropping the oldest until Redis is back", MAX_OUTBOX)
-        self._outbox.append(event)
+        self._outbox.append(self._fields(event))
         self._wake.set()
 
     def roster_changed(self, session: Session) -> None:
@@ -359,8 +364,8 @@ class Cluster:
         addresses, self._address_updates = self._address_updates, {}
         self._queue_roster(pipe, roster, addresses)
         batch = [self._outbox[i] for i in range(min(WRITE_BATCH, len(self._outbox)))]
-        for event in batch:
-            pipe.xadd(STREAM, self._fields(event), maxlen=STREAM_MAX_ENTRIES, approximate=True)
+        for fields in batch:
+            pipe.xadd(STREAM, fields, maxlen=STREAM_MAX_ENTRIES, approximate=True)
         try:
             pipe.execute()
         except BaseException:
@@ -460,6 +465,8 @@ class Cluster:
         alive = pipe.execute() if others else []
         self.peers = tuple(node for node, is_alive in zip(others, alive, strict=True) if is_alive)
         metrics.cluster_peers(len(self.peers))
+        if time.monotonic() < self._bury_after:
+            return
         for node in others:
             if node not in self.peers:
                 self._bury(node)
@@ -479,6 +486,7 @@ class Cluster:
     def _reachable(self) -> None:
         if self.problem is not None:
             log.info("Redis reachable again")
+            self._bury_after = time.monotonic() + NODE_TTL_SECONDS
             self.problem = None
             self._dropped = 0
         metrics.redis_reachable(True)

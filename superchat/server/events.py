@@ -207,6 +207,8 @@ def _sessions_gone(ctx: ServerContext, event: Event, *_: Session | None) -> int:
     """A node died: its sessions leave every roster and channel they were seen in."""
     count = 0
     for entry in event.meta["sessions"]:
+        if entry["session_id"] in ctx.sessions.by_id:
+            continue  # this node's own, alive: it was only thought gone (its heartbeat was late)
         identity = {key: entry[key] for key in ("session_id", "nickname", "is_registered", "user_id", "user_flags")}
         if ctx.sessions.roster_watchers:
             count += _send_all(ctx.sessions.roster_watchers, encode_message(

@@ -59,7 +59,10 @@ class SessionRunner:
                         extra={"transport": link.transport})
             self._refuse(link, ErrorCode.PERMISSION_DENIED, f"Your address is banned {describe(ban)}")
             return False
-        connected = ctx.sessions.connections_from(host) + ctx.cluster.connections_elsewhere(host)
+        # The other nodes first: asking them yields, and this node's own count must be read after
+        # that, right before the session is opened, or a burst of connections would all pass.
+        elsewhere = ctx.cluster.connections_elsewhere(host)
+        connected = elsewhere + ctx.sessions.connections_from(host)
         if connected >= ctx.config.max_connections_per_ip:
             log.warning("Connection from %s refused: too many connections from this address", host,
                         extra={"transport": link.transport})

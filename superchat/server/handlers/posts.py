@@ -90,9 +90,10 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
         text = "Channel not found" if stored is PostRejected.NO_CHANNEL else "Parent message not found"
         raise Refused(ErrorCode.DATABASE_ERROR, text)
 
-    # Built before the acknowledgement: looking up the author may yield to other greenlets, and the
-    # post goes to the sessions subscribed at the moment it is acknowledged.
-    notice = _entries(ctx, [stored], messages.NewMessage)[0]
+    # The author is this session, whose name and flags are current: no lookup, which could yield
+    # (on PostgreSQL) and let a later post of this node be delivered first.
+    notice = _entry(stored, flags.decorated_nickname(session.nickname, session.user_id is not None,
+                                                     session.user_flags), messages.NewMessage)
     # Sent only now: the post is committed, so a crash from here on cannot lose it.
     send(session, messages.MessagePosted(success=True, message_id=stored.id, message="Message posted"))
     log.info("%s POST_MESSAGE channel=%d message=%d session=%d", session.nickname, stored.channel_id,
@@ -187,19 +188,23 @@ def _entries(ctx: ServerContext, rows: list[MessageRow], record=messages.Message
             author = authors.get(row.author_user_id)
             if author is None:
                 author = authors[row.author_user_id] = _registered_author(ctx, row)
-        entries.append(record(
-            id=row.id,
-            channel_id=row.channel_id,
-            subchannel_id=row.subchannel_id,
-            parent_id=row.parent_id,
-            author_user_id=row.author_user_id,
-            author_nickname=author,
-            content=row.content,
-            created_at=row.created_at,
-            edited_at=row.edited_at,
-            reply_count=row.reply_count,
-        ))
+        entries.append(_entry(row, author, record))
     return entries
+
+
+def _entry(row: MessageRow, author: str, record=messages.MessageEntry):
+    return record(
+        id=row.id,
+        channel_id=row.channel_id,
+        subchannel_id=row.subchannel_id,
+        parent_id=row.parent_id,
+        author_user_id=row.author_user_id,
+        author_nickname=author,
+        content=row.content,
+        created_at=row.created_at,
+        edited_at=row.edited_at,
+        reply_count=row.reply_count,
+    )
 
 
 def _registered_author(ctx: ServerContext, row: MessageRow) -> str:
