@@ -162,7 +162,7 @@ class Cluster:
         self._wake = Signal()
         self._last_seen: dict[str, int] = {}
         # Until Redis says where its stream ends: from now on, should it be unreachable at start.
-        self._stream_position: str | None = f"{time.time_ns() // 1_000_000}-0"
+        self._stream_position = f"{time.time_ns() // 1_000_000}-0"
         # Peers are not buried until then: after an outage every heartbeat key has expired at once.
         self._bury_after = 0.0
         self.peers: tuple[str, ...] = ()
@@ -416,8 +416,6 @@ class Cluster:
 
     def _read_step(self) -> None:
         """Applies the other nodes' events in stream order, resuming after the last one seen."""
-        if self._stream_position is None:
-            self._stream_position = self._newest_entry()
         found = self._redis.xread({STREAM: self._stream_position}, count=READ_BATCH, block=READ_BLOCK_MS)
         self._reachable()
         for _, entries in found:
