@@ -578,6 +578,10 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config | Non
     db = values["database_path"]
     values["database_path"] = _expand(db, home) if db else data_dir / "superchat.db"
     values["ssh_host_key"] = str(_expand(values["ssh_host_key"], home)) if values["ssh_host_key"] else ""
+    if values["redis_url"] and not values["database_url"]:
+        # Each node would keep its own SQLite file: they would not be one server.
+        raise ConfigError("cluster.redis_url: the nodes of one server share one database: "
+                          "set server.database_url (or --db) to a postgresql:// URL")
     if values["redis_url"] and not values["node_id"]:
         # Port 0 picks a port only at start: the process id tells such nodes apart instead.
         values["node_id"] = f"{socket.gethostname()}:{values['tcp_port'] or os.getpid()}"

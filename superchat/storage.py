@@ -12,12 +12,15 @@ is a greenlet-local: a connection held only for the length of a call cannot outl
 
 import _socket
 import functools
+import heapq
+import ipaddress
 import operator
 import os
+import socket
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from enum import Enum
 from functools import reduce
@@ -28,7 +31,7 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 from peewee import EXCLUDED, SQL, Case, fn
-from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
+from playhouse.pool import MaxConnectionsExceeded, PoolConnection, PooledPostgresqlDatabase
 
 from .config import POSTGRESQL_SCHEMES, masked_url
 
@@ -56,6 +59,8 @@ _PRAGMAS = (
 # fails: bursts queue rather than fail.
 _POOL_CONNECTIONS = 20
 _POOL_WAIT_SECONDS = 10
+# Ids asked about in one statement (SQLite allows 32,766 parameters).
+_IDS_PER_QUERY = 1000
 
 
 @dataclass(frozen=True)
@@ -327,6 +332,15 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         'CREATE INDEX idx_message_unread ON "Message"(channel_id, subchannel_id, created_at, deleted_at, shadowed)',
         'CREATE INDEX idx_message_thread_unread ON "Message"(thread_root_id, created_at, deleted_at, shadowed)',
     ),
+    (
+        # Serials for the nodes sharing the database: each claim adds a row, whose id is the
+        # serial. {id} never hands a number out twice, even after the newest rows are deleted.
+        """CREATE TABLE "node_runs" (
+            id {id},
+            node_id TEXT NOT NULL,
+            started_at BIGINT NOT NULL
+        )""",
+    ),
 )
 
 
@@ -390,6 +404,9 @@ _SQL_CHANNEL_EXISTS = 'SELECT 1 FROM "Channel" WHERE id = ?'
 # committed later. Rows are locked in id order, so two servers' batches cannot deadlock. NO KEY
 # UPDATE leaves alone the foreign key checks of rows that refer to the channel.
 _SQL_LOCK_CHANNELS = 'SELECT id FROM "Channel" WHERE id = ANY(%s) ORDER BY id FOR NO KEY UPDATE'
+# Waits for any transaction holding the lock above on these channels to end.
+_SQL_SHARE_CHANNELS = 'SELECT id FROM "Channel" WHERE id = ANY(%s) ORDER BY id FOR SHARE'
+_SQL_COUNT_MESSAGES = 'SELECT count(*) FROM "Message" WHERE id = ANY(%s)'
 
 # Whether a Channel id was ever handed out: this tells a fresh database from one whose admin
 # deleted every channel. SQLite's AUTOINCREMENT records the highest id used in sqlite_sequence;
@@ -520,6 +537,15 @@ class _DiscoveredServer(_Model):
 
     class Meta:
         table_name = "DiscoveredServer"
+
+
+class _NodeRun(_Model):
+    id = peewee.AutoField()
+    node_id = peewee.TextField()
+    started_at = peewee.IntegerField()
+
+    class Meta:
+        table_name = "node_runs"
 
 
 _CHANNEL_COLUMNS = (
@@ -723,7 +749,55 @@ def _unique(conflict: Exception):
 
 
 class _ConnectionPool(PooledPostgresqlDatabase):
-    """peewee's bounded pool, made to notice dead connections without asking the server."""
+    """peewee's bounded pool, made to notice dead connections without asking the server, and to
+    open a connection without holding up every other check-out meanwhile."""
+
+    def __init__(self, url: str, **settings):
+        super().__init__(url, **settings)
+        # Connections being opened: they count against max_connections as those checked out do.
+        self._opening = 0
+        # peewee's connect() holds this lock while it opens a connection, so callers of a server
+        # that never answers failed one after the other, 5 s apart. All it guards here is the
+        # caller's own connection, a greenlet-local; the pool's own lock guards what is shared.
+        self._lock = nullcontext()
+
+    def _connect(self):
+        # peewee's opens a new connection under the pool's lock, with the same effect as above.
+        with self._pool_lock:
+            idle = self._take_idle()
+            if idle is not None:
+                return idle
+            if len(self._in_use) + self._opening >= self._max_connections:
+                raise MaxConnectionsExceeded("Exceeded maximum connections.")
+            self._opening += 1
+        try:
+            conn = self._open_connection()
+        except BaseException:
+            with self._pool_lock:
+                self._opening -= 1
+                # A caller waiting for a free place takes this one now, rather than a second later.
+                self._pool_available.notify()
+            raise
+        with self._pool_lock:
+            self._opening -= 1
+            now = time.time()
+            self._in_use[self.conn_key(conn)] = PoolConnection(now, conn, now)
+        return conn
+
+    def _take_idle(self):
+        """The oldest idle connection still open, checked out; None when there is none."""
+        while self._connections:
+            opened_at, _, conn = heapq.heappop(self._connections)
+            if not self._is_closed(conn):
+                self._in_use[self.conn_key(conn)] = PoolConnection(opened_at, conn, time.time())
+                return conn
+        return None
+
+    def _open_connection(self):
+        # PostgresqlDatabase._connect, with the server's host name looked up beforehand.
+        conn = self._adapter.connect(self, **{**self.connect_params, **_looked_up_host(self.database)})
+        conn.autocommit = True
+        return conn
 
     def _is_closed(self, conn) -> bool:
         # Asked at every check-out, under the pool's lock. peewee asks the server (SELECT 1): a
@@ -750,6 +824,37 @@ class _ConnectionPool(PooledPostgresqlDatabase):
         conn = self._state.conn
         if conn is None or not conn.closed:
             super().rollback()
+
+
+def _looked_up_host(dsn: str) -> dict[str, str]:
+    """libpq's host and hostaddr settings for the server of ``dsn``, its host name looked up here;
+    none when there is no name to look up, or the URL gives addresses or several hosts itself."""
+    given = psycopg2.extensions.parse_dsn(dsn)
+    host = given.get("host", "")
+    # A host starting with "/" or "@" is a Unix socket's directory or abstract name.
+    if "hostaddr" in given or not host or "," in host or host.startswith(("/", "@")) or _is_ip_address(host):
+        return {}
+    try:
+        # libpq's own lookup blocks the hub while DNS stalls. Under scd's monkey-patching this is
+        # gevent's, which waits in a thread and leaves the hub to the other greenlets.
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        # libpq's words for it.
+        raise psycopg2.OperationalError(
+            f'could not translate host name "{host}" to address: {exc.strerror or exc}'
+        ) from exc
+    addresses = list(dict.fromkeys(address[4][0] for address in found))
+    # The name once per address: libpq tries each in turn, as it would the addresses it found, and
+    # still checks the server's certificate against the name and names it in its errors.
+    return {"host": ",".join([host] * len(addresses)), "hostaddr": ",".join(addresses)}
+
+
+def _is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _postgresql_url(target: os.PathLike | str) -> str | None:
@@ -979,6 +1084,25 @@ class Store:
         return self._user(self._reader, user_id)
 
     @_storage_errors()
+    def existing_user_ids(self, user_ids: Iterable[int]) -> set[int]:
+        """Which of these accounts still exist."""
+        return self._existing_ids(_User.id, user_ids)
+
+    @_storage_errors()
+    def existing_message_ids(self, message_ids: Iterable[int]) -> set[int]:
+        """Which of these messages still exist (soft-deleted ones do)."""
+        return self._existing_ids(_Message.id, message_ids)
+
+    def _existing_ids(self, column: peewee.Field, ids: Iterable[int]) -> set[int]:
+        wanted = sorted(ids)
+        found: set[int] = set()
+        # In slices: SQLite caps the parameters of one statement.
+        for start in range(0, len(wanted), _IDS_PER_QUERY):
+            query = column.model.select(column).where(column.in_(wanted[start:start + _IDS_PER_QUERY]))
+            found.update(row[0] for row in _rows(query, self._reader))
+        return found
+
+    @_storage_errors()
     def list_users(self, limit: int) -> list[UserRow]:
         if limit <= 0:
             return []
@@ -1164,7 +1288,11 @@ class Store:
     def post_messages(self, posts: Sequence[NewPost]) -> list[MessageRow | PostRejected]:
         """Store a batch in one transaction (one fsync); results follow the input order."""
         results = self.insert_posts(posts)
-        self.commit_posts()
+        try:
+            self.commit_posts()
+        except StorageError as failure:
+            if not self._committed_all_the_same(failure, results):
+                raise
         return results
 
     @_storage_errors()
@@ -1195,6 +1323,31 @@ class Store:
         except BaseException:
             self._roll_back(db)
             raise
+
+    def _committed_all_the_same(self, failure: StorageError, results: Sequence[MessageRow | PostRejected]) -> bool:
+        """PostgreSQL: whether a batch whose COMMIT lost its connection was committed nonetheless.
+        The server may have committed and its reply been lost on the way: reporting a failure then
+        would tell the authors their posts were lost, and leave the stored posts undelivered."""
+        rows = [row for row in results if isinstance(row, MessageRow)]
+        connection_lost = isinstance(failure.__cause__, (psycopg2.OperationalError, psycopg2.InterfaceError))
+        if self._pool is None or not rows or not connection_lost or not self._writer.connection().closed:
+            return False
+        try:
+            # The pool drops the broken connection and the question goes on a fresh one.
+            self._pool.close()
+            self._pool.connect()
+            return self._all_stored(rows)
+        except _DRIVER_ERRORS:
+            return False
+
+    def _all_stored(self, rows: Sequence[MessageRow]) -> bool:
+        cursor = self._writer.connection().cursor()
+        # A server still committing the batch (its reply was only late) holds its channels' locks
+        # until it is done: this waits for that, so the answer below is final.
+        cursor.execute(_SQL_SHARE_CHANNELS, (sorted({row.channel_id for row in rows}),))
+        # The transaction stored all of the batch or none of it, and ids are never handed out twice.
+        cursor.execute(_SQL_COUNT_MESSAGES, ([row.id for row in rows],))
+        return cursor.fetchone()[0] == len(rows)
 
     def _roll_back(self, db) -> None:
         if self._pool is None:
@@ -1449,6 +1602,11 @@ class Store:
             details=details,
             performed_at=_now_ms(),
         ).execute(self._writer)
+
+    @_storage_errors()
+    def claim_node_serial(self, node_id: str) -> int:
+        """A number this database never handed out before, for a run of node ``node_id``."""
+        return _NodeRun.insert(node_id=node_id, started_at=_now_ms()).execute(self._writer)
 
     @_storage_errors()
     def set_read_state(self, user_id: int, channel_id: int, subchannel_id: int | None, timestamp_ms: int) -> None:

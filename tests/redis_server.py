@@ -53,8 +53,9 @@ class RedisServer:
 
     def command(self, *args: str) -> str:
         """One command through redis-cli; its reply as text."""
+        # Stream entries hold binary frames: those bytes come out replaced.
         result = subprocess.run(["redis-cli", "-p", str(self.port), *args], capture_output=True, text=True,
-                                timeout=10, check=True)
+                                errors="replace", timeout=10, check=True)
         return result.stdout.strip()
 
     def destroy(self) -> None:

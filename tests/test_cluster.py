@@ -10,6 +10,7 @@ import base64
 import hashlib
 import itertools
 import json
+import signal
 import time
 
 import pytest
@@ -337,6 +338,49 @@ def test_an_ip_ban_expels_matching_sessions_on_other_nodes(cluster):
     assert "banned" in refused_at_connect(cluster.nodes["b"], "127.0.0.7", PERMISSION_DENIED)
 
 
+def test_a_node_that_missed_events_makes_them_good_from_the_database(cluster):
+    """Node b sleeps while a bans, deletes an account and deletes a channel; the events are trimmed
+    from the stream and b's links to Redis cut before it wakes. It notices the gap and acts on what
+    the database says."""
+    admin = cluster.admin("a")
+    victim = cluster.client("b", "victim")
+    doomed = cluster.client("b", "doomed")
+    doomed.send(m.RegisterUser(password=PASSWORD))
+    doomed_id = doomed.expect(m.RegisterResponse).user_id
+    bystander = cluster.client("b", "bystander")
+    tech = bystander.channel_id("tech")
+    node_b = cluster.nodes["b"]
+    node_b.proc.send_signal(signal.SIGSTOP)
+    try:
+        admin.send(m.BanUser(nickname="victim", reason="rude", shadowban=False, duration_seconds=None))
+        assert admin.expect(m.UserBanned).success
+        admin.send(m.DeleteUser(user_id=doomed_id))
+        assert admin.expect(m.UserDeleted).success
+        admin.send(m.DeleteChannel(channel_id=tech, reason="gone"))
+        assert admin.expect(m.ChannelDeleted).success
+        wait_for(lambda: "channel_deleted" in cluster.redis.command("XREVRANGE", "superchat:events", "+", "-",
+                                                                    "COUNT", "1"), "node a wrote its events")
+        cluster.redis.command("XTRIM", "superchat:events", "MAXLEN", "0")
+        for line in cluster.redis.command("CLIENT", "LIST").splitlines():
+            fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
+            if fields.get("name") == "superchat:b":
+                cluster.redis.command("CLIENT", "KILL", "ID", fields["id"])
+    finally:
+        node_b.proc.send_signal(signal.SIGCONT)
+    # Each hears of the channel's deletion, then of its own fate.
+    error = victim.expect(m.Error, timeout=15, skip=(m.ChannelDeleted,))
+    assert error.error_code == PERMISSION_DENIED and error.message.startswith("You have been banned"), error
+    victim.wait_closed()
+    assert doomed.expect(m.Error, timeout=15, skip=(m.ChannelDeleted,)).message == "Your account has been deleted"
+    doomed.wait_closed()
+    notice = bystander.expect(m.ChannelDeleted, timeout=15)
+    assert (notice.success, notice.channel_id, notice.message) == (True, tech, "Channel 'tech' deleted successfully")
+    node_b.wait_for_log("were trimmed from the stream before this node read them", name="errors.log")
+    assert "superchat_cluster_stream_gaps_total 1.0" in cluster.metrics("b")
+    with pytest.raises(AssertionError, match="no channel named tech"):
+        cluster.client("b", "still").channel_id("tech")
+
+
 # -- limits --------------------------------------------------------------------------------------
 
 
@@ -393,8 +437,8 @@ def test_health_and_metrics_name_the_node_and_its_peers(cluster):
     assert 'superchat_cluster_node_info{node="b"} 1.0' in text
     assert "superchat_redis_up 1.0" in text
     assert "superchat_cluster_peers 2.0" in text
-    node_b = cluster.nodes["b"]
-    assert "Cluster node b joined through Redis" in node_b.log_text()
+    joined = [line for line in cluster.nodes["b"].log_text().splitlines() if "Cluster node b joined" in line]
+    assert len(joined) == 1 and joined[0].endswith(" node=b"), joined
 
 
 def test_json_log_lines_carry_the_node_id(tmp_path, postgres, redis_server):

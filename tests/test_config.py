@@ -562,3 +562,11 @@ def test_directory_addresses(text, expected):
 )
 def test_bad_announce_to_flag(home, value, expected):
     assert config_error(load, home, "--announce-to", value) == expected
+
+
+def test_redis_without_a_shared_database_is_refused(home, cfg_file):
+    message = config_error(load, home, "--config", str(cfg_file), "--redis", "redis://127.0.0.1:6379")
+    assert message.startswith("cluster.redis_url: ") and "database_url" in message
+    clustered = load(home, "--config", str(cfg_file), "--redis", "redis://127.0.0.1:6379",
+                     "--db", "postgresql://scd@127.0.0.1/superchat", "--port", "7000")
+    assert clustered.redis_url == "redis://127.0.0.1:6379" and clustered.node_id.endswith(":7000")

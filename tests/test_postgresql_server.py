@@ -7,6 +7,8 @@ import base64
 import hashlib
 import itertools
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -249,6 +251,97 @@ def test_greenlets_share_the_pool_and_killed_ones_give_their_connection_back(pos
     # they leave nothing behind: no connection held, no user half made.
     assert json.loads(done.stdout) == {"waiting": 20, "running": 30, "killed_cleanly": True, "again": 30,
                                        "users": 30}
+
+
+# The database goes silent: the store's connection is cut, and the server, stopped, takes new
+# connections without ever answering them. 25 callers then each need a connection of their own.
+SILENT_DATABASE = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import json, os, signal, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from superchat.server import green_postgresql; green_postgresql.install()
+    import gevent, psycopg2
+    from superchat.storage import StorageError, Store
+
+    store = Store(sys.argv[2])
+    admin = psycopg2.connect(sys.argv[2])
+    admin.autocommit = True
+    admin.cursor().execute("SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity"
+                           " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    admin.close()
+
+    def call():
+        try:
+            store.list_users(1)
+        except StorageError as exc:
+            return round(time.monotonic() - started, 1), str(exc)
+        return round(time.monotonic() - started, 1), None
+
+    os.kill(int(sys.argv[3]), signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        callers = [gevent.spawn(call) for _ in range(25)]
+        gevent.joinall(callers, timeout=50)
+    finally:
+        os.kill(int(sys.argv[3]), signal.SIGCONT)
+    print(json.dumps([caller.value for caller in callers]))
+""")
+
+
+def test_callers_of_a_silent_database_fail_together_not_one_after_another(postgres, database):
+    postmaster = int((postgres.data / "postmaster.pid").read_text().split()[0])
+    try:
+        done = subprocess.run([sys.executable, "-c", SILENT_DATABASE, str(REPO), postgres.url(database),
+                               str(postmaster)], capture_output=True, text=True, timeout=60)
+    finally:
+        os.kill(postmaster, signal.SIGCONT)
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    calls = json.loads(done.stdout)
+    assert [error for _, error in calls] == ["PostgreSQL did not answer within 5 s (connecting)"] * 25
+    # The pool's 20 connections are opened together, each failing at the 5 s bound, not one after
+    # the other (5, 10 ... 100 s); the other 5 callers wait for a place, and then fail together too.
+    seconds = sorted(seconds for seconds, _ in calls)
+    assert seconds[19] < 1.5 * 5 <= seconds[20] and seconds[-1] < 3 * 5, calls
+
+
+# A name server that knows db.example.test, and answers for it only when told to.
+STALLED_NAME_SERVER = textwrap.dedent("""
+    from gevent import monkey; monkey.patch_all()
+    import json, sys
+    sys.path.insert(0, sys.argv[1])
+    from superchat.server import green_postgresql; green_postgresql.install()
+    import gevent, gevent.event
+    from gevent.resolver.thread import Resolver
+    from superchat.storage import Store
+
+    class StalledNameServer(Resolver):
+        asked = gevent.event.Event()
+        answer = gevent.event.Event()
+
+        def getaddrinfo(self, host, *args, **kwargs):
+            if host != "db.example.test":
+                return super().getaddrinfo(host, *args, **kwargs)
+            self.asked.set()
+            self.answer.wait()
+            return super().getaddrinfo("127.0.0.1", *args, **kwargs)
+
+    names = gevent.get_hub().resolver = StalledNameServer()
+    opening = gevent.spawn(Store, sys.argv[2])
+    # This greenlet runs on while the other waits for the name: the lookup does not hold the hub.
+    asked = names.asked.wait(timeout=10)
+    names.answer.set()
+    store = opening.get(timeout=10)
+    store.create_user("alice", "", 0)
+    print(json.dumps({"asked": asked, "user": store.get_user_by_nickname("alice").nickname}))
+""")
+
+
+def test_the_database_host_is_looked_up_without_holding_up_other_greenlets(postgres, database):
+    url = f"postgresql://postgres@db.example.test:{postgres.port}/{database}"
+    done = subprocess.run([sys.executable, "-c", STALLED_NAME_SERVER, str(REPO), url],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    assert json.loads(done.stdout) == {"asked": True, "user": "alice"}
 
 
 def test_the_server_rides_out_a_database_outage(tmp_path, open_client):

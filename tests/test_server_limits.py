@@ -136,6 +136,22 @@ def test_message_rate_limit_is_enforced_per_session(start_server):
     server.wait_for_log("rate limit exceeded")
 
 
+def test_joins_leaves_and_nickname_changes_are_rate_limited_per_session(connect):
+    hopper, calm = connect("hopper"), connect("calm")
+    channels = [hopper.channel_id("general"), hopper.channel_id("tech")]
+    # 30 changes in 10 seconds are allowed: the nickname set on connecting, 28 joins and a leave.
+    hopper.send_raw(b"".join(encode_message(m.JoinChannel(channel_id=channels[i % 2])) for i in range(28)))
+    assert all(hopper.expect(m.JoinResponse).success for _ in range(28))
+    hopper.send(m.LeaveChannel(channel_id=0))
+    assert hopper.expect(m.LeaveResponse).success
+    for change in (m.JoinChannel(channel_id=channels[1]), m.LeaveChannel(channel_id=0), m.SetNickname(nickname="hop2")):
+        hopper.send(change)
+        assert "max 30 per 10 seconds" in hopper.expect_error(5000).message
+    calm.send(m.JoinChannel(channel_id=channels[0]))
+    assert calm.expect(m.JoinResponse).success
+    still_serving(hopper)
+
+
 def test_connections_per_address_are_capped(start_server):
     server = start_server({"limits": {"max_connections_per_ip": 2}})
     first, second = Client(server.port), Client(server.port)

@@ -1214,3 +1214,28 @@ def test_shadowed_posts_are_listed_for_their_author_and_admins_only(store):
     assert store.list_root_messages(general, None, 100, None, None, admin)[0].reply_count == 0
     assert store.count_unread_in_channel(general, None, 0) == 1
     assert store.count_unread_in_thread(root.id, 0) == 1
+
+
+def test_node_serials_grow_and_are_never_handed_out_again(db_path):
+    store = Store(db_path)
+    first, second = store.claim_node_serial("node-a"), store.claim_node_serial("node-a")
+    store.close()
+    assert 0 < first < second
+    assert sql(db_path, "SELECT id, node_id FROM node_runs ORDER BY id") == [(first, "node-a"), (second, "node-a")]
+    # Even when the newest runs are forgotten, their numbers stay used.
+    sql(db_path, "DELETE FROM node_runs")
+    reopened = Store(db_path)
+    try:
+        assert reopened.claim_node_serial("node-b") > second
+    finally:
+        reopened.close()
+
+
+def test_migrates_a_version_4_database_to_node_serials(db_path, monkeypatch):
+    old_database(db_path, monkeypatch, version=4)
+    s = Store(db_path)
+    try:
+        assert sql(db_path, "PRAGMA user_version") == [(LATEST,)]
+        assert s.claim_node_serial("node-a") == 1
+    finally:
+        s.close()

@@ -1,14 +1,21 @@
-"""The schema migrations on a real PostgreSQL server: the same migration text as SQLite's."""
+"""The Store on a real PostgreSQL server: the schema migrations (the same migration text as
+SQLite's), how it finds the server, and what it makes of a connection lost at commit."""
 
 from __future__ import annotations
 
 import itertools
+import select
+import socket
+import threading
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
 
 import peewee
+import psycopg2
 import pytest
 
 from superchat import storage
+from superchat.storage import MessageRow, NewPost, PostRejected, StorageError, Store
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -22,15 +29,22 @@ MODELS = (
     storage._AdminAction,
     storage._ReadState,
     storage._DiscoveredServer,
+    storage._NodeRun,
 )
 _names = itertools.count(1)
+
+
+def new_database(postgres) -> str:
+    """A fresh, empty database on the module's server; returns its name."""
+    name = f"scd_{next(_names)}"
+    postgres.create_database(name)
+    return name
 
 
 @pytest.fixture
 def database(postgres):
     """A fresh, empty database on the module's server."""
-    name = f"scd_{next(_names)}"
-    postgres.create_database(name)
+    name = new_database(postgres)
     db = peewee.PostgresqlDatabase(**postgres.connect_args(name))
     db.connect()
     yield db
@@ -82,8 +96,7 @@ def test_migrating_again_changes_nothing_and_a_newer_schema_is_refused(database)
 
 
 def test_servers_starting_together_migrate_once(postgres):
-    name = f"scd_{next(_names)}"
-    postgres.create_database(name)
+    name = new_database(postgres)
 
     def start_one(_):
         db = peewee.PostgresqlDatabase(**postgres.connect_args(name))
@@ -96,3 +109,154 @@ def test_servers_starting_together_migrate_once(postgres):
 
     with ThreadPoolExecutor(4) as pool:
         assert list(pool.map(start_one, range(4))) == [LATEST] * 4
+
+
+def query(postgres, name: str, sql: str) -> list[tuple]:
+    with closing(psycopg2.connect(**postgres.connect_args(name))) as db, db.cursor() as cursor:
+        db.autocommit = True
+        cursor.execute(sql)
+        return cursor.fetchall()
+
+
+# The message psycopg2 sends for cursor.execute("COMMIT"): a simple query, 11 bytes long.
+COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
+
+
+class Network:
+    """TCP between the Store and PostgreSQL. Told what to lose, it breaks the next connection that
+    sends COMMIT: before the server gets it ("commit"), once the server has it, whether or not it is
+    done ("connection"), or after the server answered it ("reply")."""
+
+    def __init__(self, server_port: int):
+        self._server_port = server_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self.lose: str | None = None
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def close(self) -> None:
+        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._carry, args=(client,), daemon=True).start()
+
+    def _carry(self, client: socket.socket) -> None:
+        with client, socket.create_connection(("127.0.0.1", self._server_port)) as server:
+            while True:
+                for source in select.select([client, server], [], [])[0]:
+                    data = source.recv(65536)
+                    if not data:
+                        return
+                    if source is client and COMMIT in data and self.lose:
+                        self._lose(data, server)
+                        return  # both ends see the connection drop
+                    (server if source is client else client).sendall(data)
+
+    def _lose(self, commit: bytes, server: socket.socket) -> None:
+        lose, self.lose = self.lose, None
+        if lose != "commit":
+            server.sendall(commit)
+        if lose == "reply":
+            server.recv(65536)  # the server has committed, and its answer goes nowhere
+
+
+@pytest.fixture
+def network(postgres):
+    carrier = Network(postgres.port)
+    yield carrier
+    carrier.close()
+
+
+@pytest.fixture
+def store_over_network(postgres, network):
+    """A Store whose connections cross ``network``, with a channel; returns the Store and its database."""
+    name = new_database(postgres)
+    store = Store(f"postgresql://postgres@127.0.0.1:{network.port}/{name}")
+    store.create_channel("general", "#general", None, 1, 24, None)
+    yield store, name
+    store.close()
+
+
+def batch(channel_id: int, *contents: str) -> list[NewPost]:
+    return [NewPost(channel_id, None, None, None, "alice", content) for content in contents]
+
+
+def test_a_batch_whose_commit_reply_is_lost_is_found_committed(postgres, network, store_over_network):
+    store, name = store_over_network
+    general = store.list_channels()[0].id
+    network.lose = "reply"
+    results = store.post_messages([*batch(general, "first", "second"), *batch(general + 1, "nowhere")])
+    assert network.lose is None  # the reply was lost indeed
+    first, second, rejected = results
+    assert rejected is PostRejected.NO_CHANNEL
+    assert isinstance(first, MessageRow) and isinstance(second, MessageRow)
+    assert query(postgres, name, 'SELECT id, content FROM "Message" ORDER BY id') == [
+        (first.id, "first"), (second.id, "second")]
+    assert store.get_message(second.id) == second
+
+
+def test_a_batch_whose_connection_breaks_while_the_server_commits_is_found_committed(
+        postgres, network, store_over_network):
+    store, name = store_over_network
+    general = store.list_channels()[0].id
+    # The commit takes a second: the connection is gone long before the server is done with it.
+    query(postgres, name, """
+        CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+        CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON "Message" DEFERRABLE INITIALLY DEFERRED
+        FOR EACH ROW EXECUTE FUNCTION slow_commit();
+        SELECT 1""")
+    network.lose = "connection"
+    (row,) = store.post_messages(batch(general, "slow"))
+    assert network.lose is None
+    assert query(postgres, name, 'SELECT id, content FROM "Message"') == [(row.id, "slow")]
+
+
+def test_a_batch_whose_commit_never_reached_the_server_fails_and_stores_nothing(
+        postgres, network, store_over_network):
+    store, name = store_over_network
+    general = store.list_channels()[0].id
+    network.lose = "commit"
+    with pytest.raises(StorageError, match="server closed the connection unexpectedly"):
+        store.post_messages(batch(general, "lost"))
+    assert network.lose is None
+    assert query(postgres, name, 'SELECT content FROM "Message"') == []
+    (after,) = store.post_messages(batch(general, "after"))
+    assert query(postgres, name, 'SELECT id, content FROM "Message"') == [(after.id, "after")]
+
+
+def test_a_host_name_is_looked_up_and_libpq_still_names_it(postgres):
+    name = new_database(postgres)
+    store = Store(f"postgresql://postgres@localhost:{postgres.port}/{name}")
+    try:
+        store.create_user("alice", "", 0)
+        assert store.get_user_by_nickname("alice").nickname == "alice"
+    finally:
+        store.close()
+    with pytest.raises(StorageError) as refused:
+        Store(f"postgresql://postgres@nonexistent.invalid:{postgres.port}/{name}")
+    (line,) = str(refused.value).splitlines()
+    assert 'could not translate host name "nonexistent.invalid" to address' in line
+
+
+def test_node_serials_grow_and_are_never_handed_out_again(postgres):
+    name = new_database(postgres)
+    store = Store(postgres.url(name))
+    first, second = store.claim_node_serial("node-a"), store.claim_node_serial("node-a")
+    store.close()
+    assert 0 < first < second
+    assert query(postgres, name, 'SELECT id, node_id FROM "node_runs" ORDER BY id') == [
+        (first, "node-a"), (second, "node-a")]
+    # Even when the newest runs are forgotten, their numbers stay used.
+    query(postgres, name, 'DELETE FROM "node_runs" RETURNING id')
+    reopened = Store(postgres.url(name))
+    try:
+        assert reopened.claim_node_serial("node-b") > second
+    finally:
+        reopened.close()

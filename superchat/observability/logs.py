@@ -108,19 +108,19 @@ def _value(value: Any) -> str:
     return json.dumps(text, ensure_ascii=False)
 
 
+# Set when the server is one node of several, so a line says which node wrote it.
+_node_fields: dict[str, str] = {}
+
+
 def _render_text(_: Any, __: str, event_dict: EventDict) -> str:
     stamp = _text_stamp(event_dict.pop("timestamp"))
     tag = _TAGS.get(event_dict.pop("level"), "INFO")
     del event_dict["logger"]
     line = f"{stamp} [{tag}] {_one_line(str(event_dict.pop('event')))}"
     exception = event_dict.pop("exception", None)
-    for key, value in event_dict.items():
+    for key, value in (*event_dict.items(), *_node_fields.items()):
         line += f" {key}={_value(value)}"
     return f"{line}\n{exception}" if exception else line
-
-
-# Set when the server is one node of several, so a line says which node wrote it.
-_node_fields: dict[str, str] = {}
 
 
 def _json_fields(_: Any, __: str, event_dict: EventDict) -> EventDict:
@@ -292,7 +292,7 @@ def _start_marker(log_format: str, formatter: logging.Formatter) -> str:
 
 def configure(data_dir: Path, debug: bool = False, log_format: str = "text", node_id: str = "") -> None:
     """Open the log files in ``data_dir`` and route every record to them and to stdout.
-    ``node_id`` (a node of several) goes into every JSON line and the start marker.
+    ``node_id`` (a node of several) goes into every line (JSON "node", text ``node=``) and the start marker.
 
     Raises OSError when a log file cannot be opened.
     """

@@ -66,6 +66,10 @@ CLUSTER_EVENTS_DROPPED = Counter(
     "superchat_cluster_events_dropped", "Events dropped because Redis was away longer than the outbox holds",
     registry=None,
 )
+CLUSTER_STREAM_GAPS = Counter(
+    "superchat_cluster_stream_gaps", "Times events were trimmed from the stream before this node read them",
+    registry=None,
+)
 
 
 def connection_opened(transport: str) -> None:
@@ -164,7 +168,8 @@ def _remove(metric, *labels: str) -> None:
 
 def cluster_enabled(node_id: str) -> None:
     """Export the cluster metrics: a single node has no use for them."""
-    for metric in (CLUSTER_NODE, REDIS_UP, CLUSTER_PEERS, CLUSTER_EVENTS, CLUSTER_OUTBOX, CLUSTER_EVENTS_DROPPED):
+    for metric in (CLUSTER_NODE, REDIS_UP, CLUSTER_PEERS, CLUSTER_EVENTS, CLUSTER_OUTBOX, CLUSTER_EVENTS_DROPPED,
+                   CLUSTER_STREAM_GAPS):
         REGISTRY.register(metric)
     CLUSTER_NODE.labels(node_id).set(1)
     for direction in ("published", "received"):
@@ -181,6 +186,10 @@ def cluster_peers(count: int) -> None:
 
 def cluster_events(direction: str, count: int) -> None:
     CLUSTER_EVENTS.labels(direction).inc(count)
+
+
+def cluster_stream_gap() -> None:
+    CLUSTER_STREAM_GAPS.inc()
 
 
 def cluster_outbox(waiting: int, dropped: int = 0) -> None:

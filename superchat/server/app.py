@@ -17,7 +17,7 @@ from ..observability import metrics
 from ..observability.http import Health, metrics_app
 from ..observability.profiling import enable_block_profiling, profiling_app
 from ..protocol import flags, messages
-from ..storage import StorageError, Store
+from ..storage import Store
 from . import events
 from .bans import BanList
 from .cluster import Cluster, Solo
@@ -26,6 +26,7 @@ from .directory import Directory
 from .handlers.channels import CHANNEL_CREATE_WINDOW_SECONDS
 from .outbound import broadcast
 from .passwords import LoginThrottle
+from .reconcile import Reconciler
 from .session import SessionRegistry
 from .ssh import SshHandler, load_host_key
 from .transport import SessionRunner, TcpHandler
@@ -50,17 +51,21 @@ class Server:
         )
         # Admin rights come from the configuration alone: granted and withdrawn at every start.
         store.assign_flag(flags.ADMIN, config.admin_users)
-        cluster = Cluster(config.redis_url, config.node_id) if config.redis_url else Solo()
+        cluster = (Cluster(config.redis_url, config.node_id, store.claim_node_serial(config.node_id))
+                   if config.redis_url else Solo())
+        sessions = SessionRegistry(cluster.first_session_id)
+        bans = BanList(store)
         self.ctx = ServerContext(
             config=config,
             store=store,
             writer=Writer(store),
-            sessions=SessionRegistry(cluster.first_session_id),
-            bans=BanList(store),
+            sessions=sessions,
+            bans=bans,
             logins=LoginThrottle(cluster),
             cluster=cluster,
             registrations=cluster.limit("registrations", config.max_registrations_per_hour, 3600),
             channel_creates=cluster.limit("channel-creates", config.max_channel_creates, CHANNEL_CREATE_WINDOW_SECONDS),
+            reconciler=Reconciler(store, bans, sessions),
         )
         self.directory = Directory(self.ctx, lambda: self.port, time.monotonic())
         # Handlers reach the directory through the context, which it is itself built from.
@@ -125,7 +130,8 @@ class Server:
         if self.ctx.cluster.shared:
             self._background.append(gevent.spawn(self._refresh_loop))
         ctx = self.ctx
-        ctx.cluster.start(lambda event: events.apply_remote(ctx, event), ctx.sessions.by_id.values)
+        ctx.cluster.start(lambda event: events.apply_remote(ctx, event), ctx.sessions.by_id.values,
+                          ctx.reconciler.request)
         if ctx.cluster.shared:
             log.info("Cluster node %s joined through Redis %s", ctx.cluster.node_id,
                      masked_url(self.config.redis_url))
@@ -138,15 +144,11 @@ class Server:
             self.delete_expired_messages()
 
     def _refresh_loop(self) -> None:
-        """Bans and channels read again now and then: an event this node missed (Redis trimmed the
-        stream while it was away, or the database failed while it applied one) is made good."""
+        """Sessions checked against the database now and then: an event this node missed (Redis
+        trimmed the stream while it was away) is made good."""
         while True:
             gevent.sleep(CLUSTER_REFRESH_SECONDS)
-            try:
-                self.ctx.bans.reload()
-            except StorageError as exc:
-                log.error("Reloading bans failed: database error: %s", exc)
-            self.ctx.store.channels_changed()
+            self.ctx.reconciler.request()
 
     def delete_expired_messages(self) -> None:
         ctx = self.ctx
@@ -169,6 +171,7 @@ class Server:
         for _, listener in self._side_listeners:
             listener.close()
         gevent.killall(self._background)
+        self.ctx.reconciler.stop()
         self.directory.stop()
         sessions = list(self.ctx.sessions.by_id.values())
         broadcast(sessions, messages.Disconnect(reason="Server shutting down"))

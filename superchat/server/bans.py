@@ -86,3 +86,11 @@ def describe(ban: BanRow) -> str:
     else:
         span = "until " + time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ban.banned_until / 1000))
     return f"{span}. Reason: {ban.reason}" if ban.reason else span
+
+
+def user_ban_notice(ban: BanRow) -> str:
+    return f"You have been banned {describe(ban)}"
+
+
+def ip_ban_notice(ban: BanRow) -> str:
+    return f"Your address is banned {describe(ban)}"

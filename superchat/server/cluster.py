@@ -26,6 +26,7 @@ from typing import Any
 import gevent
 import redis
 from gevent.event import Event as Signal
+from gevent.lock import Semaphore
 
 from ..observability import metrics
 from .events import Event
@@ -37,7 +38,6 @@ log = logging.getLogger("superchat.cluster")
 PREFIX = "superchat:"
 STREAM = PREFIX + "events"
 NODES = PREFIX + "nodes"
-NODE_SERIAL = PREFIX + "node-serial"
 # Minutes of heavy traffic: a node away for longer than that misses deliveries (and says so).
 STREAM_MAX_ENTRIES = 200_000
 # Events one node holds while Redis is away; past that the oldest are dropped (and counted).
@@ -51,7 +51,6 @@ WRITE_BATCH = 500
 RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
 # Session ids are node serial << SESSION_ID_BITS | a count of this node's sessions.
 SESSION_ID_BITS = 32
-NODE_SERIALS = 1 << 20
 
 # A sliding window shared by every node: at most ARGV[2] events in ARGV[1] milliseconds per key.
 # Redis's own clock, so nodes whose clocks differ still agree.
@@ -66,6 +65,16 @@ if ARGV[3] == '1' then
   redis.call('PEXPIRE', KEYS[1], window_ms)
 end
 return 1
+"""
+
+# The first node to find a peer's heartbeat expired takes its roster away, all at once, unless
+# the peer came back meanwhile: then it keeps its place and nothing is announced.
+_BURY_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return false end
+if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return false end
+local entries = redis.call('HVALS', KEYS[3])
+redis.call('DEL', KEYS[3], KEYS[4])
+return entries
 """
 
 
@@ -84,6 +93,11 @@ def roster_entry(session: Session) -> dict:
     return {**session.identity(), "channel_id": session.joined_channel}
 
 
+def _remote_session(entry: dict) -> RemoteSession:
+    return RemoteSession(entry["session_id"], entry["nickname"], entry["user_id"], entry["user_flags"],
+                         entry["channel_id"])
+
+
 class Solo:
     """A server of one node."""
 
@@ -91,7 +105,8 @@ class Solo:
     node_id = ""
     first_session_id = 1
 
-    def start(self, apply_remote: Callable[[Event], None], local_sessions: Callable[[], Iterable[Session]]) -> None:
+    def start(self, apply_remote: Callable[[Event], None], local_sessions: Callable[[], Iterable[Session]],
+              missed: Callable[[], None]) -> None:
         pass
 
     def stop(self) -> None:
@@ -142,13 +157,17 @@ class Cluster:
 
     shared = True
 
-    def __init__(self, url: str, node_id: str):
+    def __init__(self, url: str, node_id: str, serial: int):
+        """``serial``: a number no other run of any node was given (the database hands them out)."""
         self.node_id = node_id
+        # Named, so that CLIENT LIST in Redis tells which node holds which connection.
         pool = redis.BlockingConnectionPool.from_url(
-            url, max_connections=32, timeout=2, socket_timeout=5, socket_connect_timeout=2
+            url, max_connections=32, timeout=2, socket_timeout=5, socket_connect_timeout=2,
+            client_name=f"{PREFIX}{node_id}",
         )
         self._redis = redis.Redis(connection_pool=pool)
         self._window = self._redis.register_script(_WINDOW_SCRIPT)
+        self._take_roster = self._redis.register_script(_BURY_SCRIPT)
         self._alive_key = _alive_key(node_id)
         # Tells this run's events from an earlier run's of the same node id (for de-duplication).
         self._incarnation = secrets.token_hex(8)
@@ -156,7 +175,7 @@ class Cluster:
         # Stream fields, numbered when published so that a retried write repeats the same numbers.
         self._outbox: deque[dict] = deque()
         self._dropped = 0
-        self._roster_updates: dict[int, str | None] = {}
+        self._roster_updates: dict[int, dict | None] = {}
         self._address_updates: dict[str, int] = {}
         self._resync = True
         self._wake = Signal()
@@ -168,16 +187,26 @@ class Cluster:
         self.peers: tuple[str, ...] = ()
         # Why Redis is unusable right now, or None.
         self.problem: str | None = None
-        self.first_session_id = self._first_session_id()
+        # Session ids from a range of this node's own.
+        self.first_session_id = serial << SESSION_ID_BITS | 1
+        # The other nodes' sessions by node, read from Redis once, then kept up to date by the
+        # roster events each node publishes with every change (so LIST_USERS costs no round trip).
+        self._remote: dict[str, dict[int, RemoteSession]] = {}
+        self._remote_stale = True
+        # While a full read is under way: the roster events applied meanwhile, to apply again after it.
+        self._replay: list[dict] | None = None
+        self._roster_turn = Semaphore()
+        # Set by an outage: the stream may have been trimmed past this node's position meanwhile.
+        self._check_for_gap = False
         self._greenlets: list[gevent.Greenlet] = []
         self._apply_remote: Callable[[Event], None] = lambda event: None
         self._local_sessions: Callable[[], Iterable[Session]] = tuple
+        self._missed: Callable[[], None] = lambda: None
         metrics.cluster_enabled(node_id)
+        self._join()
 
-    def _first_session_id(self) -> int:
-        """Session ids from a range of this node's own: Redis hands each starting node a serial."""
+    def _join(self) -> None:
         try:
-            serial = self._redis.incr(NODE_SERIAL)
             self._stream_position = self._newest_entry()
             self._reachable()
             # Sessions of this node's previous run (it died, or restarted before its key expired).
@@ -186,9 +215,7 @@ class Cluster:
                 self.publish(Event("sessions_gone", {"node": self.node_id, "sessions": earlier}))
         except redis.RedisError as exc:
             self._unreachable(exc)
-            serial = secrets.randbelow(NODE_SERIALS)
-            log.warning("Redis unreachable at start (%s); session ids from random range %d", exc, serial)
-        return (serial % (NODE_SERIALS - 1) + 1) << SESSION_ID_BITS | 1
+            log.warning("Redis unreachable at start (%s): this node joins the others when it comes", exc)
 
     def _newest_entry(self) -> str:
         newest = self._redis.xrevrange(STREAM, count=1)
@@ -196,9 +223,13 @@ class Cluster:
 
     # -- lifecycle ----------------------------------------------------------------------------
 
-    def start(self, apply_remote: Callable[[Event], None], local_sessions: Callable[[], Iterable[Session]]) -> None:
+    def start(self, apply_remote: Callable[[Event], None], local_sessions: Callable[[], Iterable[Session]],
+              missed: Callable[[], None]) -> None:
+        """``missed`` is called when events were lost to this node (trimmed from the stream before
+        it could read them): what the database knows must then be made good."""
         self._apply_remote = apply_remote
         self._local_sessions = local_sessions
+        self._missed = missed
         self._greenlets = [
             gevent.spawn(self._retrying, self._write_step),
             gevent.spawn(self._retrying, self._read_step),
@@ -245,7 +276,7 @@ class Cluster:
 
     def roster_changed(self, session: Session) -> None:
         if session.nickname:
-            self._roster_updates[session.id] = json.dumps(roster_entry(session))
+            self._roster_updates[session.id] = roster_entry(session)
             self._wake.set()
 
     def roster_left(self, session: Session) -> None:
@@ -262,24 +293,45 @@ class Cluster:
 
     def remote_sessions(self) -> list[RemoteSession]:
         """The sessions of every other live node; none while Redis is away."""
-        peers = self.peers
-        if self.problem is not None or not peers:
+        if self.problem is not None or not self.peers:
             return []
+        if self._remote_stale:
+            with self._roster_turn:  # one full read at a time; the callers waiting find its result
+                if self._remote_stale:
+                    self._read_rosters()
+        return [session for peer in self.peers for session in self._remote.get(peer, {}).values()]
+
+    def _read_rosters(self) -> None:
+        self._replay = []
         try:
             pipe = self._redis.pipeline(transaction=False)
+            peers = self.peers
             for peer in peers:
                 pipe.hvals(_roster_key(peer))
             rosters = pipe.execute()
         except redis.RedisError as exc:
-            self._unreachable(exc)
-            return []
-        found = []
-        for entries in rosters:
-            for raw in entries:
-                entry = json.loads(raw)
-                found.append(RemoteSession(entry["session_id"], entry["nickname"], entry["user_id"],
-                                           entry["user_flags"], entry["channel_id"]))
-        return found
+            self._failed(exc)
+            return
+        finally:
+            replay, self._replay = self._replay, None
+        self._remote = {peer: {entry["session_id"]: _remote_session(entry) for entry in map(json.loads, entries)}
+                        for peer, entries in zip(peers, rosters, strict=True)}
+        # Changes read from the stream while the rosters were on their way may be newer than them.
+        for meta in replay:
+            self._apply_roster(meta)
+        self._remote_stale = False
+
+    def _apply_roster(self, meta: dict) -> None:
+        if self._replay is not None:
+            self._replay.append(meta)
+        node = meta["node"]
+        sessions = {} if meta["full"] else self._remote.setdefault(node, {})
+        for session_id, entry in meta["entries"].items():
+            if entry is None:
+                sessions.pop(int(session_id), None)
+            else:
+                sessions[int(session_id)] = _remote_session(entry)
+        self._remote[node] = sessions
 
     def connections_elsewhere(self, host: str) -> int:
         """Connections from ``host`` to the other live nodes; 0 while Redis is away."""
@@ -292,7 +344,7 @@ class Cluster:
                 pipe.hget(_addresses_key(peer), host)
             return sum(int(count or 0) for count in pipe.execute())
         except redis.RedisError as exc:
-            self._unreachable(exc)
+            self._failed(exc)
             return 0
 
     def limit(self, name: str, limit: int, seconds: float) -> SharedLimit:
@@ -323,7 +375,7 @@ class Cluster:
         try:
             return command()
         except redis.RedisError as exc:
-            self._unreachable(exc)
+            self._failed(exc)
             return None
 
     def status(self) -> dict:
@@ -333,17 +385,22 @@ class Cluster:
     # -- background work ----------------------------------------------------------------------
 
     def _retrying(self, step: Callable[[], None]) -> None:
-        """Run ``step`` for ever; while Redis fails it, wait a little longer before each retry."""
+        """Run ``step`` for ever; while it fails, wait a little longer before each retry."""
         failures = 0
         while True:
             try:
                 step()
             except redis.RedisError as exc:
-                self._unreachable(exc)
-                gevent.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
-                failures += 1
+                self._failed(exc)
+            except Exception:
+                # A bug, or a reply nobody expected: logged, and the loop goes on rather than
+                # leave this node deaf or mute for the rest of its run.
+                log.exception("Cluster %s failed", step.__name__)
             else:
                 failures = 0
+                continue
+            gevent.sleep(RETRY_SECONDS[min(failures, len(RETRY_SECONDS) - 1)])
+            failures += 1
 
     def _write_step(self) -> None:
         """Writes the outbox and roster changes in order, or waits for some."""
@@ -358,11 +415,19 @@ class Cluster:
     def _write_batch(self) -> None:
         pipe = self._redis.pipeline(transaction=False)
         resyncing, self._resync = self._resync, False
-        if resyncing:
-            self._queue_full_roster(pipe)
-        roster, self._roster_updates = self._roster_updates, {}
+        roster = self._queue_full_roster(pipe) if resyncing else {}
+        roster.update(self._roster_updates)
+        self._roster_updates = {}
         addresses, self._address_updates = self._address_updates, {}
         self._queue_roster(pipe, roster, addresses)
+        if roster or resyncing:
+            # Ahead of the batch's events, so that a SERVER_PRESENCE they carry never comes before
+            # the roster that lists the session. Unnumbered: it may be written again, and a roster
+            # written again whole (after a failed write) replaces what came before.
+            meta = {"node": self.node_id, "full": resyncing, "entries": roster}
+            pipe.xadd(STREAM, {"node": self.node_id, "run": self._incarnation, "seq": 0, "kind": "roster",
+                               "meta": json.dumps(meta), "frame": b""},
+                      maxlen=STREAM_MAX_ENTRIES, approximate=True)
         batch = [self._outbox[i] for i in range(min(WRITE_BATCH, len(self._outbox)))]
         for fields in batch:
             pipe.xadd(STREAM, fields, maxlen=STREAM_MAX_ENTRIES, approximate=True)
@@ -386,26 +451,25 @@ class Cluster:
         return {"node": self.node_id, "run": self._incarnation, "seq": self._sequence, "kind": event.kind,
                 "meta": json.dumps(event.meta), "frame": event.frame}
 
-    def _queue_full_roster(self, pipe) -> None:
+    def _queue_full_roster(self, pipe) -> dict[int, dict | None]:
+        """Queues this node's whole roster and connection counts, replacing what Redis holds;
+        returns the roster entries."""
         sessions = list(self._local_sessions())
-        roster_key, addresses_key = _roster_key(self.node_id), _addresses_key(self.node_id)
-        pipe.delete(roster_key, addresses_key)
-        entries = {session.id: json.dumps(roster_entry(session)) for session in sessions if session.nickname}
-        if entries:
-            pipe.hset(roster_key, mapping=entries)
+        pipe.delete(_roster_key(self.node_id), _addresses_key(self.node_id))
         counts: dict[str, int] = {}
         for session in sessions:
             counts[session.host] = counts.get(session.host, 0) + 1
         if counts:
-            pipe.hset(addresses_key, mapping=counts)
+            pipe.hset(_addresses_key(self.node_id), mapping=counts)
         # The snapshot already holds every change made so far.
         self._roster_updates.clear()
         self._address_updates.clear()
+        return {session.id: roster_entry(session) for session in sessions if session.nickname}
 
-    def _queue_roster(self, pipe, roster: dict[int, str | None], addresses: dict[str, int]) -> None:
+    def _queue_roster(self, pipe, roster: dict[int, dict | None], addresses: dict[str, int]) -> None:
         roster_key, addresses_key = _roster_key(self.node_id), _addresses_key(self.node_id)
         gone = [session_id for session_id, entry in roster.items() if entry is None]
-        present = {session_id: entry for session_id, entry in roster.items() if entry is not None}
+        present = {session_id: json.dumps(entry) for session_id, entry in roster.items() if entry is not None}
         if gone:
             pipe.hdel(roster_key, *gone)
         if present:
@@ -416,6 +480,8 @@ class Cluster:
 
     def _read_step(self) -> None:
         """Applies the other nodes' events in stream order, resuming after the last one seen."""
+        if self._check_for_gap:
+            self._look_for_gap()
         found = self._redis.xread({STREAM: self._stream_position}, count=READ_BATCH, block=READ_BLOCK_MS)
         self._reachable()
         for _, entries in found:
@@ -423,8 +489,37 @@ class Cluster:
                 self._stream_position = entry_id.decode()
                 self._receive(fields)
 
+    def _look_for_gap(self) -> None:
+        """After an outage: were entries this node had yet to read trimmed meanwhile?"""
+        try:
+            info = self._redis.xinfo_stream(STREAM)
+        except redis.ResponseError:
+            info = None  # no stream yet: nothing was trimmed
+        self._check_for_gap = False
+        # entries-added: Redis 7 and later; before that, only the oldest entry tells.
+        if info is None or info.get("entries-added") == info["length"]:
+            return
+        # Trimming takes the oldest entries. The stream's oldest now lies past this node's
+        # position: what came between is lost (or, when the trim stopped right at the position,
+        # nothing was, and the check that follows finds nothing to do).
+        oldest = info["first-entry"][0].decode() if info["first-entry"] else None
+        position = _entry_order(self._stream_position)
+        if oldest is None:
+            lost = _entry_order(info["last-generated-id"].decode()) > position
+        else:
+            lost = _entry_order(oldest) > position
+        if lost:
+            log.error("Events after %s were trimmed from the stream before this node read them: live "
+                      "deliveries of that time are lost here (the messages are stored); checking bans, "
+                      "accounts and channels against the database", self._stream_position)
+            metrics.cluster_stream_gap()
+            self._missed()
+
     def _receive(self, fields: dict) -> None:
         if fields[b"node"].decode() == self.node_id and fields[b"run"].decode() == self._incarnation:
+            return
+        if fields[b"kind"] == b"roster":
+            self._apply_roster(json.loads(fields[b"meta"]))
             return
         run, sequence = fields[b"run"].decode(), int(fields[b"seq"])
         if sequence <= self._last_seen.get(run, 0):
@@ -432,17 +527,26 @@ class Cluster:
         self._last_seen[run] = sequence
         event = Event(fields[b"kind"].decode(), json.loads(fields[b"meta"]), fields[b"frame"])
         metrics.cluster_events("received", 1)
+        if event.kind == "sessions_gone":
+            self._forget_sessions(event)
         try:
             self._apply_remote(event)
         except Exception:
             log.exception("Cannot apply %s event from node %s", event.kind, fields[b"node"].decode())
+
+    def _forget_sessions(self, event: Event) -> None:
+        sessions = self._remote.get(event.meta["node"], {})
+        for entry in event.meta["sessions"]:
+            sessions.pop(entry["session_id"], None)
 
     def _heartbeat_loop(self) -> None:
         while True:
             try:
                 self._heartbeat()
             except redis.RedisError as exc:
-                self._unreachable(exc)
+                self._failed(exc)
+            except Exception:
+                log.exception("Cluster heartbeat failed")
             gevent.sleep(HEARTBEAT_SECONDS)
 
     def _heartbeat(self) -> None:
@@ -471,13 +575,15 @@ class Cluster:
 
     def _bury(self, node: str) -> None:
         """A node whose heartbeat expired: the first node to notice tells everyone its sessions left."""
-        if not self._redis.srem(NODES, node):
-            return  # another node got there first
-        entries = [json.loads(raw) for raw in self._redis.hvals(_roster_key(node))]
-        self._redis.delete(_roster_key(node), _addresses_key(node))
+        roster = self._take_roster(keys=[_alive_key(node), NODES, _roster_key(node), _addresses_key(node)],
+                                   args=[node])
+        if roster is None:
+            return  # another node got there first, or it is back
+        entries = [json.loads(raw) for raw in roster]
         log.warning("Node %s stopped answering; %d of its sessions left the roster", node, len(entries))
         if entries:
             event = Event("sessions_gone", {"node": node, "sessions": entries})
+            self._forget_sessions(event)
             self._apply_remote(event)
             self.publish(event)
 
@@ -485,15 +591,26 @@ class Cluster:
         if self.problem is not None:
             log.info("Redis reachable again")
             self._bury_after = time.monotonic() + NODE_TTL_SECONDS
+            # Roster events may have been trimmed meanwhile: read the rosters whole again.
+            self._remote_stale = True
             self.problem = None
             self._dropped = 0
         metrics.redis_reachable(True)
+
+    def _failed(self, exc: redis.RedisError) -> None:
+        """A command failed. Only a lost or silent Redis makes this node fall back on its own state:
+        an error reply, or every pooled connection busy, is one command's failure."""
+        if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)) and not _pool_busy(exc):
+            self._unreachable(exc)
+        else:
+            log.warning("Redis command failed: %s", exc)
 
     def _unreachable(self, exc: Exception) -> None:
         text = str(exc) or type(exc).__name__
         if self.problem is None:
             log.error("Redis unreachable: %s (serving this node's sessions; events wait in the outbox)", text)
         self.problem = text
+        self._check_for_gap = True
         metrics.redis_reachable(False)
 
 
@@ -517,6 +634,16 @@ class SharedLimit:
         local = self._local.allow(key) if record else self._local.has_room(key)
         shared = self._cluster.window_allows(f"{self._name}:{key}", self._limit, self._window_ms, record)
         return local if shared is None else shared
+
+
+def _pool_busy(exc: redis.RedisError) -> bool:
+    # What redis-py's BlockingConnectionPool raises when no connection comes free in time.
+    return isinstance(exc, redis.ConnectionError) and str(exc) == "No connection available."
+
+
+def _entry_order(entry_id: str) -> tuple[int, int]:
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def _alive_key(node: str) -> str:

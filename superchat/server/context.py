@@ -10,6 +10,7 @@ from ..storage import Store
 from .bans import BanList
 from .limits import PerAddressLimit
 from .passwords import LoginThrottle
+from .reconcile import Reconciler
 from .session import SessionRegistry
 from .writer import Writer
 
@@ -32,6 +33,8 @@ class ServerContext:
     registrations: PerAddressLimit | SharedLimit
     # Channels created per user, on all nodes.
     channel_creates: PerAddressLimit | SharedLimit
+    # The database work that bans and deletions call for, off the delivering greenlets.
+    reconciler: Reconciler
     # The directory is built from the context itself, so the Server adds it right after with
     # dataclasses.replace(); only that first, directory-less context ever lacks it.
     directory: Directory | None = None

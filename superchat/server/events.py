@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..observability import metrics
-from ..protocol import ErrorCode, encode_message, flags, messages
+from ..protocol import encode_message, flags, messages
 from . import bans as banlist
-from .outbound import send
+from .outbound import expel
 from .session import Session
 
 if TYPE_CHECKING:
@@ -125,13 +125,6 @@ def is_admin(session: Session) -> bool:
     return session.user_id is not None and bool(session.user_flags & flags.ADMIN)
 
 
-def expel(session: Session, text: str) -> None:
-    """Tell a session why it is being cut off, then close it once that is written."""
-    send(session, messages.Error(error_code=ErrorCode.PERMISSION_DENIED, message=text))
-    send(session, messages.Disconnect(reason=text))
-    session.finish(text)
-
-
 def _living(ctx: ServerContext) -> list[Session]:
     return [s for s in ctx.sessions.by_id.values() if not s.finishing]
 
@@ -151,10 +144,8 @@ def _channel_created(ctx: ServerContext, event: Event, exclude: Session | None, 
 def _channel_deleted(ctx: ServerContext, event: Event, *_: Session | None) -> int:
     ctx.store.channels_changed()
     ctx.sessions.forget_channel(event.meta["channel_id"])
-    # Thread subscriptions whose root went with the channel would count against the
-    # subscriber's thread subscription limit forever.
-    subscribed = {thread_id for other in ctx.sessions.by_id.values() for thread_id in other.threads}
-    ctx.sessions.forget_threads([thread_id for thread_id in subscribed if ctx.store.get_message(thread_id) is None])
+    # Subscriptions to the channel's threads are dropped by the reconciler, which asks the database.
+    ctx.reconciler.channel_deleted(event.meta["channel_id"])
     return _send_all(_living(ctx), event.frame, messages.ChannelDeleted.NAME)
 
 
@@ -165,9 +156,12 @@ def _user_deleted(ctx: ServerContext, event: Event, *_: Session | None) -> int:
     return _send_all(_living(ctx), event.frame, messages.UserDeleted.NAME)
 
 
+# Ban events act on sessions from what they say; the reconciler then reads the bans again (the
+# node that banned has read them already, before emitting).
+
+
 def _user_banned(ctx: ServerContext, event: Event, exclude: Session | None, _: Session | None) -> int:
     meta = event.meta
-    ctx.bans.reload()
     user_id, nickname = meta["user_id"], meta["nickname"]
     for session in list(ctx.sessions.by_id.values()):
         named = (user_id is not None and session.user_id == user_id) or (
@@ -178,23 +172,21 @@ def _user_banned(ctx: ServerContext, event: Event, exclude: Session | None, _: S
             session.shadowbanned = True
         else:
             expel(session, meta["text"])
+    ctx.reconciler.request()
     return 0
 
 
 def _ip_banned(ctx: ServerContext, event: Event, *_: Session | None) -> int:
-    ctx.bans.reload()
     network = banlist.parse_network(event.meta["network"])
     for session in list(ctx.sessions.by_id.values()):
         if banlist.address_in(session.host, network):
             expel(session, event.meta["text"])
+    ctx.reconciler.request()
     return 0
 
 
 def _bans_lifted(ctx: ServerContext, *_) -> int:
-    ctx.bans.reload()
-    for session in ctx.sessions.by_id.values():
-        if session.shadowbanned and ctx.bans.user_ban(session.user_id, session.nickname) is None:
-            session.shadowbanned = False
+    ctx.reconciler.request()
     return 0
 
 

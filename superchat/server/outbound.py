@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from ..observability import metrics
-from ..protocol import encode_message, messages
+from ..protocol import ErrorCode, encode_message, messages
 from .session import Session
 
 
@@ -21,6 +21,13 @@ def send_encoded(session: Session, type_name: str, frame: bytes) -> None:
 
 def send_error(session: Session, code: int, text: str) -> None:
     send(session, messages.Error(error_code=int(code), message=text))
+
+
+def expel(session: Session, text: str) -> None:
+    """Tell a session why it is being cut off, then close it once that is written."""
+    send(session, messages.Error(error_code=ErrorCode.PERMISSION_DENIED, message=text))
+    send(session, messages.Disconnect(reason=text))
+    session.finish(text)
 
 
 class Refused(Exception):

@@ -8,10 +8,26 @@ Both reach such sessions on every node; the roster the other nodes read is kept 
 
 from __future__ import annotations
 
-from ..protocol import messages
+from ..protocol import ErrorCode, messages
 from . import events
 from .context import ServerContext
+from .limits import SlidingWindow
+from .outbound import Refused
 from .session import Session
+
+# Joins, leaves and nickname changes one session may make: each is told to every node, and a
+# client repeating them in a loop would flood the others. A person does not come near this.
+PRESENCE_CHANGES = 30
+PRESENCE_WINDOW_SECONDS = 10
+
+
+def allow_change(session: Session) -> None:
+    """Refuse a presence change that comes faster than PRESENCE_CHANGES per window."""
+    if session.presence_window is None:
+        session.presence_window = SlidingWindow(PRESENCE_CHANGES, PRESENCE_WINDOW_SECONDS)
+    if not session.presence_window.allow():
+        raise Refused(ErrorCode.RATE_LIMITED, f"Too many channel joins, leaves and nickname changes "
+                                              f"(max {PRESENCE_CHANGES} per {PRESENCE_WINDOW_SECONDS} seconds)")
 
 
 def server_presence(ctx: ServerContext, session: Session, online: bool, to_self: bool = True) -> None:

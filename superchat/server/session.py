@@ -45,6 +45,7 @@ class Session:
         "threads",
         "channels",
         "post_window",
+        "presence_window",
         "shadowbanned",
         "watches_roster",
         "_finish_reason",
@@ -69,6 +70,7 @@ class Session:
         self.channels: set[int] = set()
         # Rate windows are created on first use: most sessions never post.
         self.post_window: SlidingWindow | None = None
+        self.presence_window: SlidingWindow | None = None
         # A shadowbanned author's posts reach only the author and admins.
         self.shadowbanned = False
         # Set once the client asks for LIST_USERS: only such sessions receive SERVER_PRESENCE.

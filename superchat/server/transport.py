@@ -9,7 +9,7 @@ from collections.abc import Callable
 from ..observability import metrics
 from ..protocol import PROTOCOL_VERSION, ErrorCode, FrameDecoder, FrameError, encode_message, messages
 from . import presence
-from .bans import describe
+from .bans import ip_ban_notice
 from .context import ServerContext
 from .dispatch import dispatch
 from .handlers.connection import ClientDisconnect
@@ -57,7 +57,7 @@ class SessionRunner:
         if ban is not None:
             log.warning("Connection from %s refused: address banned (ban_id=%d)", host, ban.id,
                         extra={"transport": link.transport})
-            self._refuse(link, ErrorCode.PERMISSION_DENIED, f"Your address is banned {describe(ban)}")
+            self._refuse(link, ErrorCode.PERMISSION_DENIED, ip_ban_notice(ban))
             return False
         # The other nodes first: asking them yields, and this node's own count must be read after
         # that, right before the session is opened, or a burst of connections would all pass.

@@ -22,6 +22,7 @@ MAX_NICKNAME_BYTES = 20
 
 
 def set_nickname(ctx: ServerContext, session: Session, msg) -> None:
+    presence.allow_change(session)
     nickname = msg.nickname
     longest = min(MAX_NICKNAME_BYTES, ctx.config.max_nickname_length)
     if not MIN_NICKNAME_BYTES <= len(nickname.encode()) <= longest:

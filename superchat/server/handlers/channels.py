@@ -40,6 +40,7 @@ def list_channels(ctx: ServerContext, session: Session, msg) -> None:
 
 
 def join_channel(ctx: ServerContext, session: Session, msg) -> None:
+    presence.allow_change(session)
     if ctx.store.get_channel(msg.channel_id) is None:
         send(session, messages.JoinResponse(
             success=False, channel_id=msg.channel_id, message="Channel not found"
@@ -57,6 +58,7 @@ def join_channel(ctx: ServerContext, session: Session, msg) -> None:
 
 
 def leave_channel(ctx: ServerContext, session: Session, msg) -> None:
+    presence.allow_change(session)
     current = session.joined_channel
     if current is None:
         failure = "Not currently joined to any channel"

@@ -91,9 +91,9 @@ def ban_user(ctx: ServerContext, session: Session, msg) -> None:
     target = nickname or f"user_id:{user_id}"
     _audit(ctx, session, "BAN_USER", f"banned user {target} (ban_id={ban.id}, reason={msg.reason!r}, "
                                      f"shadowban={msg.shadowban}, {banlist.describe(ban).split('.')[0]})")
+    ctx.bans.reload()
     events.emit(ctx, events.Event("user_banned", {
-        "user_id": user_id, "nickname": nickname, "shadowban": msg.shadowban,
-        "text": f"You have been banned {banlist.describe(ban)}",
+        "user_id": user_id, "nickname": nickname, "shadowban": msg.shadowban, "text": banlist.user_ban_notice(ban),
     }), exclude=session)
     answer(f"User {target} banned successfully", ban.id)
 
@@ -129,9 +129,8 @@ def ban_ip(ctx: ServerContext, session: Session, msg) -> None:
     ban = ctx.writer.run(ctx.store.add_ip_ban, str(network), msg.reason, _until(msg.duration_seconds), session.nickname)
     _audit(ctx, session, "BAN_IP", f"banned IP {network} (ban_id={ban.id}, reason={msg.reason!r}, "
                                    f"{banlist.describe(ban).split('.')[0]})")
-    events.emit(ctx, events.Event("ip_banned", {
-        "network": str(network), "text": f"Your address is banned {banlist.describe(ban)}",
-    }))
+    ctx.bans.reload()
+    events.emit(ctx, events.Event("ip_banned", {"network": str(network), "text": banlist.ip_ban_notice(ban)}))
     answer(f"IP {network} banned successfully", ban.id)
 
 
@@ -158,6 +157,7 @@ def unban_user(ctx: ServerContext, session: Session, msg) -> None:
         return
     target = nickname or f"user_id:{user_id}"
     _audit(ctx, session, "UNBAN_USER", f"unbanned user {target} ({removed} bans removed)")
+    ctx.bans.reload()
     events.emit(ctx, events.Event("bans_lifted"))
     answer(f"User {target} unbanned successfully ({removed} bans removed)", True)
 
@@ -178,6 +178,7 @@ def unban_ip(ctx: ServerContext, session: Session, msg) -> None:
         answer("No active ban found for this IP")
         return
     _audit(ctx, session, "UNBAN_IP", f"unbanned IP {network} ({removed} bans removed)")
+    ctx.bans.reload()
     events.emit(ctx, events.Event("bans_lifted"))
     answer(f"IP {network} unbanned successfully ({removed} bans removed)", True)
 

@@ -1,0 +1,113 @@
+"""This node's sessions brought in line with the database, away from the paths that deliver frames.
+
+Bans, deleted accounts and deleted channels act on sessions through events (events.py), applied
+at once from what the event says. The database work they call for (reading the bans again,
+dropping subscriptions to threads that went with a channel) runs here, on a greenlet of its
+own: a slow database delays this pass, never the next delivery. On a node of several a pass
+also runs every few seconds, so an event the node missed (Redis trimmed the stream while it was
+away, or it never saw it for another reason) is made good from the database: banned sessions
+and sessions of deleted accounts are expelled, and deleted channels are announced.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import gevent
+
+from ..protocol import encode_message, messages
+from ..storage import StorageError, Store
+from . import bans as banlist
+from .bans import BanList
+from .outbound import expel
+from .session import Session, SessionRegistry
+
+log = logging.getLogger("superchat.reconcile")
+
+
+class Reconciler:
+    def __init__(self, store: Store, bans: BanList, sessions: SessionRegistry):
+        self._store = store
+        self._bans = bans
+        self._sessions = sessions
+        # The channels as of the last pass, by id with their names, to tell which went since.
+        self._channels = {channel.id: channel.name for channel in store.list_channels()}
+        # Deletions already announced (by their event): a pass does not announce them again.
+        self._announced: set[int] = set()
+        self._requested = False
+        self._worker: gevent.Greenlet | None = None
+
+    def request(self) -> None:
+        """Run a pass soon; requests made while one runs are served by a single pass after it."""
+        self._requested = True
+        if self._worker is None:
+            self._worker = gevent.spawn(self._work)
+
+    def channel_deleted(self, channel_id: int) -> None:
+        """A deletion whose event was applied here: told to the clients already."""
+        self._announced.add(channel_id)
+        self.request()
+
+    def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.kill()
+
+    def _work(self) -> None:
+        try:
+            while self._requested:
+                self._requested = False
+                try:
+                    self.run()
+                except StorageError as exc:
+                    log.error("Checking sessions against the database failed: database error: %s", exc)
+        finally:
+            self._worker = None
+
+    def run(self) -> None:
+        """One pass: every read first (they yield), then the changes to sessions all at once."""
+        sessions = self._sessions
+        before = self._channels
+        accounts = {s.user_id for s in sessions.by_id.values() if s.user_id is not None}
+        threads = {thread_id for s in sessions.by_id.values() for thread_id in s.threads}
+        self._bans.reload()
+        self._store.channels_changed()
+        channels = {channel.id: channel.name for channel in self._store.list_channels()}
+        existing_accounts = self._store.existing_user_ids(accounts)
+        existing_threads = self._store.existing_message_ids(threads)
+
+        self._channels = channels
+        for channel_id in before.keys() - channels.keys() - self._announced:
+            self._announce_deletion(channel_id, before[channel_id])
+        # Ids seen in neither read are gone for good: nothing can announce them again.
+        self._announced &= before.keys() | channels.keys()
+        sessions.forget_threads(threads - existing_threads)
+        deleted_accounts = accounts - existing_accounts
+        for session in list(sessions.by_id.values()):
+            if not session.finishing:
+                self._enforce(session, deleted_accounts)
+
+    def _announce_deletion(self, channel_id: int, name: str) -> None:
+        log.info("Channel %s (channel_id=%d) is gone from the database", name, channel_id)
+        self._announced.add(channel_id)
+        self._sessions.forget_channel(channel_id)
+        frame = encode_message(messages.ChannelDeleted(
+            success=True, channel_id=channel_id, message=f"Channel '{name}' deleted successfully"))
+        for session in list(self._sessions.by_id.values()):
+            if not session.finishing:
+                session.send(frame)
+
+    def _enforce(self, session: Session, deleted_accounts: set[int]) -> None:
+        if session.user_id in deleted_accounts:
+            expel(session, "Your account has been deleted")
+            return
+        ip_ban = self._bans.ip_ban(session.host)
+        if ip_ban is not None:
+            expel(session, banlist.ip_ban_notice(ip_ban))
+            return
+        user_ban = self._bans.user_ban(session.user_id, session.nickname)
+        if user_ban is None:
+            session.shadowbanned = False
+        elif user_ban.shadowban:
+            session.shadowbanned = True
+        else:
+            expel(session, banlist.user_ban_notice(user_ban))
