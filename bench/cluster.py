@@ -293,12 +293,7 @@ def measure(bench: single.Benchmark, nodes: list[single.Server], services: Servi
     sessions.start()
     postgres_before, redis_before = services.postgres_cpu_seconds(), services.redis_cpu_seconds()
     started = time.monotonic()
-    limit = bench.setup_timeout + bench.duration + single.TOOL_MARGIN_SECONDS
-    try:
-        proc = subprocess.run(args, capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        record["error"] = f"sc-loadtest did not finish within {limit:g} s"
-        proc = None
+    proc = single.run_tool(args, bench, record)
     wall = time.monotonic() - started
     record["tool_wall_seconds"] = round(wall, 3)
     record["node_stats"] = []

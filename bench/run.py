@@ -236,12 +236,7 @@ def run_one(bench: Benchmark, kind: str, binary: str | None, ports: tuple[int, i
                 args += ["--server-pid", str(server.pid)]
             record["command"] = ["sc-loadtest", *args[2:]]
             cpu_before, wall_before = server.cpu_seconds(), time.monotonic()
-            limit = bench.setup_timeout + bench.duration + TOOL_MARGIN_SECONDS
-            try:
-                proc = subprocess.run(args, capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL)
-            except subprocess.TimeoutExpired:
-                record["error"] = f"sc-loadtest did not finish within {limit:g} s"
-                proc = None
+            proc = run_tool(args, bench, record)
             wall = time.monotonic() - wall_before
             cpu_after = server.cpu_seconds()
             if proc is not None:
@@ -266,6 +261,16 @@ def run_one(bench: Benchmark, kind: str, binary: str | None, ports: tuple[int, i
 
 
 # -- the machine --
+
+
+def run_tool(args: list[str], bench: Benchmark, record: dict) -> subprocess.CompletedProcess | None:
+    """sc-loadtest run within the benchmark's time; None (and why, in ``record["error"]``) when it overran."""
+    limit = bench.setup_timeout + bench.duration + TOOL_MARGIN_SECONDS
+    try:
+        return subprocess.run(args, capture_output=True, text=True, timeout=limit, stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        record["error"] = f"sc-loadtest did not finish within {limit:g} s"
+        return None
 
 
 def read_report(proc: subprocess.CompletedProcess, record: dict) -> None:

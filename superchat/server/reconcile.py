@@ -60,6 +60,8 @@ class Reconciler:
                     self.run()
                 except StorageError as exc:
                     log.error("Checking sessions against the database failed: database error: %s", exc)
+                except Exception:
+                    log.exception("Checking sessions against the database failed")
         finally:
             self._worker = None
 
