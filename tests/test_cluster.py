@@ -10,7 +10,6 @@ import base64
 import hashlib
 import itertools
 import json
-import signal
 import time
 
 import pytest
@@ -21,6 +20,7 @@ from tests.client import Client, ConnectionClosed
 from tests.postgres_server import PostgresServer
 from tests.redis_server import RedisServer
 from tests.server_process import ServerProcess
+from tests.tcp_relay import Relay
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,10 +54,10 @@ class Cluster:
         self.nodes: dict[str, ServerProcess] = {}
         self.clients: list[Client] = []
 
-    def start(self, name: str, limits: dict | None = None) -> ServerProcess:
+    def start(self, name: str, limits: dict | None = None, redis_url: str | None = None) -> ServerProcess:
         settings = {
             "server": {"database_url": self.database_url, "admin_users": [ADMIN]},
-            "cluster": {"redis_url": self.redis.url, "node_id": name},
+            "cluster": {"redis_url": redis_url or self.redis.url, "node_id": name},
             "limits": {"message_rate_limit": 1000, **(limits or {})},
         }
         node = ServerProcess(self.root / name, settings).start()
@@ -338,47 +338,51 @@ def test_an_ip_ban_expels_matching_sessions_on_other_nodes(cluster):
     assert "banned" in refused_at_connect(cluster.nodes["b"], "127.0.0.7", PERMISSION_DENIED)
 
 
-def test_a_node_that_missed_events_makes_them_good_from_the_database(cluster):
-    """Node b sleeps while a bans, deletes an account and deletes a channel; the events are trimmed
-    from the stream and b's links to Redis cut before it wakes. It notices the gap and acts on what
-    the database says."""
-    admin = cluster.admin("a")
-    victim = cluster.client("b", "victim")
-    doomed = cluster.client("b", "doomed")
-    doomed.send(m.RegisterUser(password=PASSWORD))
-    doomed_id = doomed.expect(m.RegisterResponse).user_id
-    bystander = cluster.client("b", "bystander")
-    tech = bystander.channel_id("tech")
-    node_b = cluster.nodes["b"]
-    node_b.proc.send_signal(signal.SIGSTOP)
+def test_a_node_that_missed_events_makes_them_good_from_the_database(tmp_path, postgres, redis_server):
+    """Node b is cut off from Redis while a bans, deletes an account and deletes a channel, and the
+    events are trimmed from the stream before b is back. b finds the gap and acts on what the
+    database says."""
+    nodes = Cluster(tmp_path, postgres, redis_server)
+    network = Relay(redis_server.port)
     try:
+        nodes.start("a")
+        node_b = nodes.start("b", redis_url=f"redis://127.0.0.1:{network.port}/0")
+        wait_for(lambda: nodes.health("a")[1]["peers"] == ["b"], "node a sees node b")
+        admin = nodes.admin("a")
+        victim = nodes.client("b", "victim")
+        doomed = nodes.client("b", "doomed")
+        doomed.send(m.RegisterUser(password=PASSWORD))
+        doomed_id = doomed.expect(m.RegisterResponse).user_id
+        bystander = nodes.client("b", "bystander")
+        tech = bystander.channel_id("tech")
+        network.cut()
+        wait_for(lambda: nodes.health("b")[1]["status"] == "degraded", "node b finds Redis gone")
         admin.send(m.BanUser(nickname="victim", reason="rude", shadowban=False, duration_seconds=None))
         assert admin.expect(m.UserBanned).success
         admin.send(m.DeleteUser(user_id=doomed_id))
         assert admin.expect(m.UserDeleted).success
         admin.send(m.DeleteChannel(channel_id=tech, reason="gone"))
         assert admin.expect(m.ChannelDeleted).success
-        wait_for(lambda: "channel_deleted" in cluster.redis.command("XREVRANGE", "superchat:events", "+", "-",
-                                                                    "COUNT", "1"), "node a wrote its events")
-        cluster.redis.command("XTRIM", "superchat:events", "MAXLEN", "0")
-        for line in cluster.redis.command("CLIENT", "LIST").splitlines():
-            fields = dict(item.split("=", 1) for item in line.split() if "=" in item)
-            if fields.get("name") == "superchat:b":
-                cluster.redis.command("CLIENT", "KILL", "ID", fields["id"])
+        wait_for(lambda: "channel_deleted" in nodes.redis.command("XREVRANGE", "superchat:events", "+", "-",
+                                                                  "COUNT", "1"), "node a wrote its events")
+        nodes.redis.command("XTRIM", "superchat:events", "MAXLEN", "0")
+        network.restore()
+        # Each hears of the channel's deletion, then of its own fate.
+        error = victim.expect(m.Error, timeout=15, skip=(m.ChannelDeleted,))
+        assert error.error_code == PERMISSION_DENIED and error.message.startswith("You have been banned"), error
+        victim.wait_closed()
+        assert doomed.expect(m.Error, timeout=15, skip=(m.ChannelDeleted,)).message == "Your account has been deleted"
+        doomed.wait_closed()
+        notice = bystander.expect(m.ChannelDeleted, timeout=15)
+        assert (notice.success, notice.channel_id) == (True, tech)
+        assert notice.message == "Channel 'tech' deleted successfully"
+        node_b.wait_for_log("were trimmed from the stream before this node read them", name="errors.log", timeout=15)
+        assert "superchat_cluster_stream_gaps_total 1.0" in nodes.metrics("b")
+        with pytest.raises(AssertionError, match="no channel named tech"):
+            nodes.client("b", "still").channel_id("tech")
     finally:
-        node_b.proc.send_signal(signal.SIGCONT)
-    # Each hears of the channel's deletion, then of its own fate.
-    error = victim.expect(m.Error, timeout=15, skip=(m.ChannelDeleted,))
-    assert error.error_code == PERMISSION_DENIED and error.message.startswith("You have been banned"), error
-    victim.wait_closed()
-    assert doomed.expect(m.Error, timeout=15, skip=(m.ChannelDeleted,)).message == "Your account has been deleted"
-    doomed.wait_closed()
-    notice = bystander.expect(m.ChannelDeleted, timeout=15)
-    assert (notice.success, notice.channel_id, notice.message) == (True, tech, "Channel 'tech' deleted successfully")
-    node_b.wait_for_log("were trimmed from the stream before this node read them", name="errors.log")
-    assert "superchat_cluster_stream_gaps_total 1.0" in cluster.metrics("b")
-    with pytest.raises(AssertionError, match="no channel named tech"):
-        cluster.client("b", "still").channel_id("tech")
+        nodes.close()
+        network.close()
 
 
 # -- limits --------------------------------------------------------------------------------------

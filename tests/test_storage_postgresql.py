@@ -4,9 +4,7 @@ SQLite's), how it finds the server, and what it makes of a connection lost at co
 from __future__ import annotations
 
 import itertools
-import select
 import socket
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 
@@ -16,6 +14,7 @@ import pytest
 
 from superchat import storage
 from superchat.storage import MessageRow, NewPost, PostRejected, StorageError, Store
+from tests.tcp_relay import Relay
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -122,48 +121,22 @@ def query(postgres, name: str, sql: str) -> list[tuple]:
 COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
 
 
-class Network:
+class Network(Relay):
     """TCP between the Store and PostgreSQL. Told what to lose, it breaks the next connection that
     sends COMMIT: before the server gets it ("commit"), once the server has it, whether or not it is
     done ("connection"), or after the server answered it ("reply")."""
 
-    def __init__(self, server_port: int):
-        self._server_port = server_port
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self.lose: str | None = None
-        threading.Thread(target=self._accept, daemon=True).start()
+    lose: str | None = None
 
-    def close(self) -> None:
-        self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accepting thread
-        self._listener.close()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._carry, args=(client,), daemon=True).start()
-
-    def _carry(self, client: socket.socket) -> None:
-        with client, socket.create_connection(("127.0.0.1", self._server_port)) as server:
-            while True:
-                for source in select.select([client, server], [], [])[0]:
-                    data = source.recv(65536)
-                    if not data:
-                        return
-                    if source is client and COMMIT in data and self.lose:
-                        self._lose(data, server)
-                        return  # both ends see the connection drop
-                    (server if source is client else client).sendall(data)
-
-    def _lose(self, commit: bytes, server: socket.socket) -> None:
+    def passing(self, data: bytes, server: socket.socket) -> bool:
+        if COMMIT not in data or not self.lose:
+            return True
         lose, self.lose = self.lose, None
         if lose != "commit":
-            server.sendall(commit)
+            server.sendall(data)
         if lose == "reply":
             server.recv(65536)  # the server has committed, and its answer goes nowhere
+        return False
 
 
 @pytest.fixture

@@ -499,19 +499,21 @@ class Cluster:
         # entries-added: Redis 7 and later; before that, only the oldest entry tells.
         if info is None or info.get("entries-added") == info["length"]:
             return
-        # Trimming takes the oldest entries. The stream's oldest now lies past this node's
-        # position: what came between is lost (or, when the trim stopped right at the position,
-        # nothing was, and the check that follows finds nothing to do).
-        oldest = info["first-entry"][0].decode() if info["first-entry"] else None
-        position = _entry_order(self._stream_position)
-        if oldest is None:
-            lost = _entry_order(info["last-generated-id"].decode()) > position
+        # Trimming takes the oldest entries. Some were trimmed past this node's position: those
+        # are lost (or, when the trim stopped right at the position, nothing was, and the check
+        # against the database that follows finds nothing to do).
+        if info["first-entry"]:
+            milliseconds, sequence = _entry_order(info["first-entry"][0].decode())
+            # The id right before the oldest entry: all up to it is gone.
+            gone = (milliseconds, sequence - 1) if sequence else (milliseconds - 1, 2**64 - 1)
         else:
-            lost = _entry_order(oldest) > position
-        if lost:
+            gone = _entry_order(info["last-generated-id"].decode())
+        if gone > _entry_order(self._stream_position):
             log.error("Events after %s were trimmed from the stream before this node read them: live "
                       "deliveries of that time are lost here (the messages are stored); checking bans, "
                       "accounts and channels against the database", self._stream_position)
+            # Reported once: reading resumes at the first entry still there.
+            self._stream_position = f"{gone[0]}-{gone[1]}"
             metrics.cluster_stream_gap()
             self._missed()
 
