@@ -407,6 +407,11 @@ _SQL_LOCK_CHANNELS = 'SELECT id FROM "Channel" WHERE id = ANY(%s) ORDER BY id FO
 # Waits for any transaction holding the lock above on these channels to end.
 _SQL_SHARE_CHANNELS = 'SELECT id FROM "Channel" WHERE id = ANY(%s) ORDER BY id FOR SHARE'
 _SQL_COUNT_MESSAGES = 'SELECT count(*) FROM "Message" WHERE id = ANY(%s)'
+# Ends a backend left in its transaction (waiting at most 5 s for it to go): its locks go with it.
+_SQL_END_STRANDED = ("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                     "WHERE pid = %s AND state LIKE 'idle in transaction%%'")
+# How long the check of a lost COMMIT waits for the batch's channels at most.
+_LOST_COMMIT_WAIT = "10s"
 
 # Whether a Channel id was ever handed out: this tells a fresh database from one whose admin
 # deleted every channel. SQLite's AUTOINCREMENT records the highest id used in sqlite_sequence;
@@ -1288,10 +1293,11 @@ class Store:
     def post_messages(self, posts: Sequence[NewPost]) -> list[MessageRow | PostRejected]:
         """Store a batch in one transaction (one fsync); results follow the input order."""
         results = self.insert_posts(posts)
+        backend = None if self._pool is None else self._writer.connection().get_backend_pid()
         try:
             self.commit_posts()
         except StorageError as failure:
-            if not self._committed_all_the_same(failure, results):
+            if not self._committed_all_the_same(failure, results, backend):
                 raise
         return results
 
@@ -1324,7 +1330,8 @@ class Store:
             self._roll_back(db)
             raise
 
-    def _committed_all_the_same(self, failure: StorageError, results: Sequence[MessageRow | PostRejected]) -> bool:
+    def _committed_all_the_same(self, failure: StorageError, results: Sequence[MessageRow | PostRejected],
+                                backend: int | None) -> bool:
         """PostgreSQL: whether a batch whose COMMIT lost its connection was committed nonetheless.
         The server may have committed and its reply been lost on the way: reporting a failure then
         would tell the authors their posts were lost, and leave the stored posts undelivered."""
@@ -1336,18 +1343,27 @@ class Store:
             # The pool drops the broken connection and the question goes on a fresh one.
             self._pool.close()
             self._pool.connect()
-            return self._all_stored(rows)
+            return self._all_stored(rows, backend)
         except _DRIVER_ERRORS:
             return False
 
-    def _all_stored(self, rows: Sequence[MessageRow]) -> bool:
+    def _all_stored(self, rows: Sequence[MessageRow], backend: int | None) -> bool:
         cursor = self._writer.connection().cursor()
-        # A server still committing the batch (its reply was only late) holds its channels' locks
-        # until it is done: this waits for that, so the answer below is final.
-        cursor.execute(_SQL_SHARE_CHANNELS, (sorted({row.channel_id for row in rows}),))
-        # The transaction stored all of the batch or none of it, and ids are never handed out twice.
-        cursor.execute(_SQL_COUNT_MESSAGES, ([row.id for row in rows],))
-        return cursor.fetchone()[0] == len(rows)
+        cursor.execute("BEGIN")
+        try:
+            # When only this side of the connection broke, the server never got the COMMIT and its
+            # backend sits in the transaction, holding the batch's locks until its own TCP gives up
+            # (hours): ended now, it rolls the batch back.
+            cursor.execute(_SQL_END_STRANDED, (backend,))
+            # A server still committing the batch (its reply was only late) holds the channels'
+            # locks until it is done: this waits for that, so the answer below is final.
+            cursor.execute(f"SET LOCAL lock_timeout = '{_LOST_COMMIT_WAIT}'")
+            cursor.execute(_SQL_SHARE_CHANNELS, (sorted({row.channel_id for row in rows}),))
+            # The transaction stored all of the batch or none, and ids are never handed out twice.
+            cursor.execute(_SQL_COUNT_MESSAGES, ([row.id for row in rows],))
+            return cursor.fetchone()[0] == len(rows)
+        finally:
+            cursor.execute("ROLLBACK")
 
     def _roll_back(self, db) -> None:
         if self._pool is None:

@@ -224,11 +224,16 @@ def test_shadowed_posts_reach_only_their_author_and_admins_on_other_nodes(cluste
     channel = general(admin)
     admin.subscribe_channel(channel)
     troll = cluster.client("b", "troll")
+    marker = cluster.client("b", "marker")
     bystander = cluster.client("c", "bystander")
     bystander.subscribe_channel(channel)
     admin.send(m.BanUser(nickname="troll", reason="spam", shadowban=True, duration_seconds=None))
     assert admin.expect(m.UserBanned).success
-    time.sleep(0.5)  # the ban reaches node b
+    # Node b applies events in order: once the second ban expels the marker, the first is in force
+    # there, with nothing more read from the database.
+    admin.send(m.BanUser(nickname="marker", reason="spam", shadowban=False, duration_seconds=None))
+    assert admin.expect(m.UserBanned).success
+    assert marker.expect(m.Error, skip=()).error_code == PERMISSION_DENIED
     shadowed = troll.post(channel, "nobody sees this")
     assert received_posts(admin, 1)[0].id == shadowed
     bystander.assert_silent(1.0)

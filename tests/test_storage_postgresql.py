@@ -124,15 +124,19 @@ COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"
 class Network(Relay):
     """TCP between the Store and PostgreSQL. Told what to lose, it breaks the next connection that
     sends COMMIT: before the server gets it ("commit"), once the server has it, whether or not it is
-    done ("connection"), or after the server answered it ("reply")."""
+    done ("connection"), or after the server answered it ("reply"). "link" breaks only the Store's
+    side before the server gets the COMMIT: the server's side stays open, as behind a lost route."""
 
     lose: str | None = None
+    stranded: list[socket.socket] = []
 
     def passing(self, data: bytes, server: socket.socket) -> bool:
         if COMMIT not in data or not self.lose:
             return True
         lose, self.lose = self.lose, None
-        if lose != "commit":
+        if lose == "link":
+            self.stranded.append(server.dup())
+        elif lose != "commit":
             server.sendall(data)
         if lose == "reply":
             server.recv(65536)  # the server has committed, and its answer goes nowhere
@@ -144,6 +148,8 @@ def network(postgres):
     carrier = Network(postgres.port)
     yield carrier
     carrier.close()
+    while carrier.stranded:
+        carrier.stranded.pop().close()
 
 
 @pytest.fixture
@@ -200,6 +206,23 @@ def test_a_batch_whose_commit_never_reached_the_server_fails_and_stores_nothing(
         store.post_messages(batch(general, "lost"))
     assert network.lose is None
     assert query(postgres, name, 'SELECT content FROM "Message"') == []
+    (after,) = store.post_messages(batch(general, "after"))
+    assert query(postgres, name, 'SELECT id, content FROM "Message"') == [(after.id, "after")]
+
+
+def test_a_batch_whose_link_broke_before_the_commit_is_rolled_back_without_waiting_for_the_server(
+        postgres, network, store_over_network):
+    """The server never hears of the COMMIT nor of the broken link: its backend would hold the
+    batch's locks for hours. The check ends that backend instead of waiting behind it."""
+    store, name = store_over_network
+    general = store.list_channels()[0].id
+    network.lose = "link"
+    with pytest.raises(StorageError):
+        store.post_messages(batch(general, "lost"))
+    assert network.stranded and network.lose is None
+    assert query(postgres, name, 'SELECT content FROM "Message"') == []
+    assert query(postgres, name, "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%'") == [
+        (0,)]
     (after,) = store.post_messages(batch(general, "after"))
     assert query(postgres, name, 'SELECT id, content FROM "Message"') == [(after.id, "after")]
 

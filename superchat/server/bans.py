@@ -50,13 +50,35 @@ class BanList:
         self._store = store
         self._ip: list[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, BanRow]] = []
         self._users: list[BanRow] = []
+        # Reads of the database are numbered: one that started before another and finished after
+        # it would bring back an older list.
+        self._reads_started = 0
+        self._newest_read = 0
+        # Bans added in memory, with the number of reads started before each: a read started
+        # before a ban was added may not have seen it.
+        self._added: list[tuple[int, BanRow]] = []
         self.reload()
 
     def reload(self) -> None:
-        """Read the active bans again; called after every ban change."""
+        """Read the active bans again; called after bans are lifted, and now and then."""
+        self._reads_started += 1
+        read = self._reads_started
         active = self._store.list_bans(False, now_ms())
-        self._ip = [(parse_network(ban.ip_cidr), ban) for ban in active if ban.ban_type == "ip"]
-        self._users = [ban for ban in active if ban.ban_type == "user"]
+        if read < self._newest_read:
+            return
+        self._newest_read = read
+        self._added = [(reads_before, ban) for reads_before, ban in self._added if reads_before >= read]
+        seen = {ban.id for ban in active}
+        self._use(active + [ban for _, ban in self._added if ban.id not in seen])
+
+    def add(self, ban: BanRow) -> None:
+        """A ban just stored (on this node or another), in force here at once."""
+        self._added.append((self._reads_started, ban))
+        self._use([*self._users, *(ban for _, ban in self._ip), ban])
+
+    def _use(self, bans: list[BanRow]) -> None:
+        self._ip = [(parse_network(ban.ip_cidr), ban) for ban in bans if ban.ban_type == "ip"]
+        self._users = sorted((ban for ban in bans if ban.ban_type == "user"), key=lambda ban: ban.id)
 
     def ip_ban(self, host: str) -> BanRow | None:
         now = now_ms()

@@ -193,8 +193,8 @@ class Cluster:
         # roster events each node publishes with every change (so LIST_USERS costs no round trip).
         self._remote: dict[str, dict[int, RemoteSession]] = {}
         self._remote_stale = True
-        # While a full read is under way: the roster events applied meanwhile, to apply again after it.
-        self._replay: list[dict] | None = None
+        # While a full read is under way: the roster changes applied meanwhile, to apply again after it.
+        self._replay: list[tuple[Callable[[dict], None], dict]] | None = None
         self._roster_turn = Semaphore()
         # Set by an outage: the stream may have been trimmed past this node's position meanwhile.
         self._check_for_gap = False
@@ -317,13 +317,13 @@ class Cluster:
         self._remote = {peer: {entry["session_id"]: _remote_session(entry) for entry in map(json.loads, entries)}
                         for peer, entries in zip(peers, rosters, strict=True)}
         # Changes read from the stream while the rosters were on their way may be newer than them.
-        for meta in replay:
-            self._apply_roster(meta)
+        for change, meta in replay:
+            change(meta)
         self._remote_stale = False
 
     def _apply_roster(self, meta: dict) -> None:
         if self._replay is not None:
-            self._replay.append(meta)
+            self._replay.append((self._apply_roster, meta))
         node = meta["node"]
         sessions = {} if meta["full"] else self._remote.setdefault(node, {})
         for session_id, entry in meta["entries"].items():
@@ -530,15 +530,17 @@ class Cluster:
         event = Event(fields[b"kind"].decode(), json.loads(fields[b"meta"]), fields[b"frame"])
         metrics.cluster_events("received", 1)
         if event.kind == "sessions_gone":
-            self._forget_sessions(event)
+            self._forget_sessions(event.meta)
         try:
             self._apply_remote(event)
         except Exception:
             log.exception("Cannot apply %s event from node %s", event.kind, fields[b"node"].decode())
 
-    def _forget_sessions(self, event: Event) -> None:
-        sessions = self._remote.get(event.meta["node"], {})
-        for entry in event.meta["sessions"]:
+    def _forget_sessions(self, meta: dict) -> None:
+        if self._replay is not None:
+            self._replay.append((self._forget_sessions, meta))
+        sessions = self._remote.get(meta["node"], {})
+        for entry in meta["sessions"]:
             sessions.pop(entry["session_id"], None)
 
     def _heartbeat_loop(self) -> None:
@@ -559,8 +561,11 @@ class Cluster:
         previous, _, members = pipe.execute()
         self._reachable()
         if previous is None or previous.decode() != self._incarnation:
-            # Redis lost our keys (restarted, or thought us dead): write our roster anew.
+            # Redis lost our keys (restarted, or thought us dead: this node may have been frozen
+            # while its connections lived): write our roster anew, and find what was missed.
             self._resync = True
+            self._check_for_gap = True
+            self._remote_stale = True
             self._wake.set()
         others = sorted(member.decode() for member in members if member.decode() != self.node_id)
         pipe = self._redis.pipeline(transaction=False)
@@ -584,10 +589,14 @@ class Cluster:
         entries = [json.loads(raw) for raw in roster]
         log.warning("Node %s stopped answering; %d of its sessions left the roster", node, len(entries))
         if entries:
+            # Told to the others first: once the roster is taken, no other node can tell them.
             event = Event("sessions_gone", {"node": node, "sessions": entries})
-            self._forget_sessions(event)
-            self._apply_remote(event)
             self.publish(event)
+            self._forget_sessions(event.meta)
+            try:
+                self._apply_remote(event)
+            except Exception:
+                log.exception("Cannot tell this node's sessions that node %s's sessions left", node)
 
     def _reachable(self) -> None:
         if self.problem is not None:

@@ -8,6 +8,7 @@ the same code. Frames travel already encoded, so a frame is encoded once in the 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..observability import metrics
 from ..protocol import encode_message, flags, messages
+from ..storage import BanRow
 from . import bans as banlist
 from .outbound import expel
 from .session import Session
@@ -142,10 +144,11 @@ def _channel_created(ctx: ServerContext, event: Event, exclude: Session | None, 
 
 
 def _channel_deleted(ctx: ServerContext, event: Event, *_: Session | None) -> int:
+    # The reconciler may have found the deletion in the database first, and told the clients.
+    if not ctx.reconciler.channel_deleted(event.meta["channel_id"]):
+        return 0
     ctx.store.channels_changed()
     ctx.sessions.forget_channel(event.meta["channel_id"])
-    # Subscriptions to the channel's threads are dropped by the reconciler, which asks the database.
-    ctx.reconciler.channel_deleted(event.meta["channel_id"])
     return _send_all(_living(ctx), event.frame, messages.ChannelDeleted.NAME)
 
 
@@ -156,32 +159,37 @@ def _user_deleted(ctx: ServerContext, event: Event, *_: Session | None) -> int:
     return _send_all(_living(ctx), event.frame, messages.UserDeleted.NAME)
 
 
-# Ban events act on sessions from what they say; the reconciler then reads the bans again (the
-# node that banned has read them already, before emitting).
+# A ban travels whole, so that each node has it in force at once (a post checks the ban list);
+# lifted bans are read again from the database, by the reconciler.
+
+
+def ban_event(kind: str, ban: BanRow) -> Event:
+    """A "user_banned" or "ip_banned" event for a ban just stored."""
+    return Event(kind, {"ban": dataclasses.asdict(ban)})
 
 
 def _user_banned(ctx: ServerContext, event: Event, exclude: Session | None, _: Session | None) -> int:
-    meta = event.meta
-    user_id, nickname = meta["user_id"], meta["nickname"]
+    ban = BanRow(**event.meta["ban"])
+    ctx.bans.add(ban)
     for session in list(ctx.sessions.by_id.values()):
-        named = (user_id is not None and session.user_id == user_id) or (
-            bool(nickname) and session.nickname == nickname)
+        named = (ban.user_id is not None and session.user_id == ban.user_id) or (
+            bool(ban.nickname) and session.nickname == ban.nickname)
         if session is exclude or not named:
             continue
-        if meta["shadowban"]:
+        if ban.shadowban:
             session.shadowbanned = True
         else:
-            expel(session, meta["text"])
-    ctx.reconciler.request()
+            expel(session, banlist.user_ban_notice(ban))
     return 0
 
 
 def _ip_banned(ctx: ServerContext, event: Event, *_: Session | None) -> int:
-    network = banlist.parse_network(event.meta["network"])
+    ban = BanRow(**event.meta["ban"])
+    ctx.bans.add(ban)
+    network = banlist.parse_network(ban.ip_cidr)
     for session in list(ctx.sessions.by_id.values()):
         if banlist.address_in(session.host, network):
-            expel(session, event.meta["text"])
-    ctx.reconciler.request()
+            expel(session, banlist.ip_ban_notice(ban))
     return 0
 
 

@@ -32,23 +32,33 @@ class Reconciler:
         self._sessions = sessions
         # The channels as of the last pass, by id with their names, to tell which went since.
         self._channels = {channel.id: channel.name for channel in store.list_channels()}
-        # Deletions already announced (by their event): a pass does not announce them again.
+        # Deletions told to the clients, by their event or by a pass: neither tells them again.
+        # Kept for the whole run (channel ids are never reused; deletions are rare), as an event
+        # may come long after a pass found the deletion (Redis away meanwhile).
         self._announced: set[int] = set()
         self._requested = False
+        self._stopped = False
         self._worker: gevent.Greenlet | None = None
 
     def request(self) -> None:
         """Run a pass soon; requests made while one runs are served by a single pass after it."""
         self._requested = True
-        if self._worker is None:
+        if self._worker is None and not self._stopped:
             self._worker = gevent.spawn(self._work)
 
-    def channel_deleted(self, channel_id: int) -> None:
-        """A deletion whose event was applied here: told to the clients already."""
+    def channel_deleted(self, channel_id: int) -> bool:
+        """A deletion's event, about to be told to the clients here: False when it was told
+        already (by a pass that found it in the database). Subscriptions to the channel's
+        threads are dropped by the next pass."""
+        if channel_id in self._announced:
+            return False
         self._announced.add(channel_id)
         self.request()
+        return True
 
     def stop(self) -> None:
+        """No more passes: the server is shutting down."""
+        self._stopped = True
         if self._worker is not None:
             self._worker.kill()
 
@@ -80,8 +90,6 @@ class Reconciler:
         self._channels = channels
         for channel_id in before.keys() - channels.keys() - self._announced:
             self._announce_deletion(channel_id, before[channel_id])
-        # Ids seen in neither read are gone for good: nothing can announce them again.
-        self._announced &= before.keys() | channels.keys()
         sessions.forget_threads(threads - existing_threads)
         deleted_accounts = accounts - existing_accounts
         for session in list(sessions.by_id.values()):

@@ -91,10 +91,7 @@ def ban_user(ctx: ServerContext, session: Session, msg) -> None:
     target = nickname or f"user_id:{user_id}"
     _audit(ctx, session, "BAN_USER", f"banned user {target} (ban_id={ban.id}, reason={msg.reason!r}, "
                                      f"shadowban={msg.shadowban}, {banlist.describe(ban).split('.')[0]})")
-    ctx.bans.reload()
-    events.emit(ctx, events.Event("user_banned", {
-        "user_id": user_id, "nickname": nickname, "shadowban": msg.shadowban, "text": banlist.user_ban_notice(ban),
-    }), exclude=session)
+    events.emit(ctx, events.ban_event("user_banned", ban), exclude=session)
     answer(f"User {target} banned successfully", ban.id)
 
 
@@ -129,8 +126,7 @@ def ban_ip(ctx: ServerContext, session: Session, msg) -> None:
     ban = ctx.writer.run(ctx.store.add_ip_ban, str(network), msg.reason, _until(msg.duration_seconds), session.nickname)
     _audit(ctx, session, "BAN_IP", f"banned IP {network} (ban_id={ban.id}, reason={msg.reason!r}, "
                                    f"{banlist.describe(ban).split('.')[0]})")
-    ctx.bans.reload()
-    events.emit(ctx, events.Event("ip_banned", {"network": str(network), "text": banlist.ip_ban_notice(ban)}))
+    events.emit(ctx, events.ban_event("ip_banned", ban))
     answer(f"IP {network} banned successfully", ban.id)
 
 
