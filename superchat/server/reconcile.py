@@ -15,11 +15,11 @@ import logging
 
 import gevent
 
-from ..protocol import encode_message, messages
+from ..protocol import messages
 from ..storage import StorageError, Store
 from . import bans as banlist
 from .bans import BanList
-from .outbound import expel
+from .outbound import broadcast, expel
 from .session import Session, SessionRegistry
 
 log = logging.getLogger("superchat.reconcile")
@@ -100,11 +100,8 @@ class Reconciler:
         log.info("Channel %s (channel_id=%d) is gone from the database", name, channel_id)
         self._announced.add(channel_id)
         self._sessions.forget_channel(channel_id)
-        frame = encode_message(messages.ChannelDeleted(
+        broadcast([s for s in self._sessions.by_id.values() if not s.finishing], messages.ChannelDeleted(
             success=True, channel_id=channel_id, message=f"Channel '{name}' deleted successfully"))
-        for session in list(self._sessions.by_id.values()):
-            if not session.finishing:
-                session.send(frame)
 
     def _enforce(self, session: Session, deleted_accounts: set[int]) -> None:
         if session.user_id in deleted_accounts:
