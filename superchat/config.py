@@ -62,6 +62,7 @@ class Config:
     max_message_length: int
     max_nickname_length: int
     session_timeout_seconds: int
+    partial_frame_memory_mb: int
     max_thread_subscriptions: int
     max_channel_subscriptions: int
     # [retention]
@@ -329,7 +330,11 @@ _KEYS: tuple[_Key, ...] = (
          "Accounts one address (IPv6: its /64) may create per hour, by REGISTER_USER or SSH key.", 1, _U16),
     _Key("limits", "max_message_length", INT, 4096, "Longest message body, in bytes.", 1, _U16),
     _Key("limits", "max_nickname_length", INT, 20, "Longest nickname, in bytes.", 3, 20),
-    _Key("limits", "session_timeout_seconds", INT, 120, "Idle seconds before a session is dropped.", 1),
+    _Key("limits", "session_timeout_seconds", INT, 120,
+         "Idle seconds before a session is dropped; also the time one frame may take to arrive whole.", 1),
+    _Key("limits", "partial_frame_memory_mb", INT, 64,
+         "MiB that the unfinished frames of all clients may hold together (past 64 KiB each); "
+         "a client whose frame would pass it is disconnected.", 1),
     _Key("limits", "max_thread_subscriptions", INT, 50, "Thread subscriptions per session.", 1, _U16),
     _Key("limits", "max_channel_subscriptions", INT, 10, "Channel subscriptions per session.", 1, _U16),
     _Key("retention", "default_retention_hours", INT, 168, "Hours messages are kept (168 = 7 days).", 1),

@@ -61,6 +61,10 @@ _POOL_CONNECTIONS = 20
 _POOL_WAIT_SECONDS = 10
 # Ids asked about in one statement (SQLite allows 32,766 parameters).
 _IDS_PER_QUERY = 1000
+# Both databases store signed 64-bit integers, and the drivers refuse to send a larger one. The
+# protocol's ids are unsigned 64-bit: one past this names nothing that can exist, and as a bound
+# (before_id, a duration's end) it means no bound short of the end.
+MAX_STORED_INTEGER = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -721,6 +725,10 @@ def _storage_errors() -> Callable[[Callable], Callable]:
     def decorate(method: Callable) -> Callable:
         @functools.wraps(method)
         def call(self, *args, **kwargs):
+            # Clamped at the door, so that no query of any method sees a number the driver refuses.
+            if any(type(value) is int and value > MAX_STORED_INTEGER for value in (*args, *kwargs.values())):
+                args = tuple(_storable(value) for value in args)
+                kwargs = {name: _storable(value) for name, value in kwargs.items()}
             pool = self._pool
             try:
                 if pool is None or not pool.is_closed():
@@ -736,6 +744,10 @@ def _storage_errors() -> Callable[[Callable], Callable]:
         return call
 
     return decorate
+
+
+def _storable(value):
+    return MAX_STORED_INTEGER if type(value) is int and value > MAX_STORED_INTEGER else value
 
 
 @contextmanager
@@ -1385,6 +1397,8 @@ class Store:
             return PostRejected.NO_CHANNEL
         thread_root_id = None
         if post.parent_id is not None:
+            if post.parent_id > MAX_STORED_INTEGER:
+                return PostRejected.NO_PARENT
             cursor.execute(sql.parent_thread, (post.parent_id, post.channel_id))
             parent = cursor.fetchone()
             if parent is None:

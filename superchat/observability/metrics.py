@@ -49,6 +49,10 @@ TRANSPORT_CONNECTIONS = Counter(
 for _transport in TRANSPORTS:  # every series exists from the start, at zero
     TRANSPORT_SESSIONS.labels(_transport)
     TRANSPORT_CONNECTIONS.labels(_transport)
+UNFINISHED_FRAME_BYTES = Gauge(
+    "superchat_unfinished_frame_bytes",
+    "Bytes of clients' unfinished frames counted against partial_frame_memory_mb (past 64 KiB each)",
+)
 GREENLETS = Gauge(
     "superchat_greenlets", "Live greenlets, the counterpart of go_goroutines: a steady rise means a leak"
 )
@@ -87,6 +91,10 @@ def session_closed(transport: str) -> None:
     SESSIONS_DISCONNECTED.inc()
     ACTIVE_SESSIONS.dec()
     TRANSPORT_SESSIONS.labels(transport).dec()
+
+
+def unfinished_frame_bytes(held: int) -> None:
+    UNFINISHED_FRAME_BYTES.set(held)
 
 
 # Children by type name: labels() resolves its arguments on every call, and these run per frame.

@@ -24,6 +24,7 @@ from .cluster import Cluster, Solo
 from .context import ServerContext
 from .directory import Directory
 from .handlers.channels import CHANNEL_CREATE_WINDOW_SECONDS
+from .intake import PartialFrameMemory
 from .outbound import broadcast
 from .passwords import LoginThrottle
 from .reconcile import Reconciler
@@ -66,6 +67,7 @@ class Server:
             registrations=cluster.limit("registrations", config.max_registrations_per_hour, 3600),
             channel_creates=cluster.limit("channel-creates", config.max_channel_creates, CHANNEL_CREATE_WINDOW_SECONDS),
             reconciler=Reconciler(store, bans, sessions),
+            partial_frames=PartialFrameMemory(config.partial_frame_memory_mb * 1024 * 1024),
         )
         self.directory = Directory(self.ctx, lambda: self.port, time.monotonic())
         # Handlers reach the directory through the context, which it is itself built from.

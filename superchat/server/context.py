@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from ..config import Config
 from ..storage import Store
 from .bans import BanList
+from .intake import PartialFrameMemory
 from .limits import PerAddressLimit
 from .passwords import LoginThrottle
 from .reconcile import Reconciler
@@ -35,6 +36,8 @@ class ServerContext:
     channel_creates: PerAddressLimit | SharedLimit
     # The database work that bans and deletions call for, off the delivering greenlets.
     reconciler: Reconciler
+    # What the unfinished frames of all sessions may hold together.
+    partial_frames: PartialFrameMemory
     # The directory is built from the context itself, so the Server adds it right after with
     # dataclasses.replace(); only that first, directory-less context ever lacks it.
     directory: Directory | None = None

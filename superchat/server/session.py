@@ -153,6 +153,16 @@ class Session:
         if self._flusher is None:
             self.close(reason)
 
+    @property
+    def backlog(self) -> int:
+        """Bytes queued that the link has not taken yet."""
+        return self._pending_bytes
+
+    def wait_for_reader(self, timeout: float) -> bool:
+        """Wait (bounded) for the client to read what is queued; False if it did not."""
+        self.drain(timeout)
+        return not self._pending
+
     def drain(self, timeout: float) -> None:
         """Wait (bounded) until everything queued so far has been written."""
         flusher = self._flusher

@@ -7,12 +7,13 @@ import socket
 from collections.abc import Callable
 
 from ..observability import metrics
-from ..protocol import PROTOCOL_VERSION, ErrorCode, FrameDecoder, FrameError, encode_message, messages
+from ..protocol import PROTOCOL_VERSION, ErrorCode, FrameError, encode_message, messages
 from . import presence
 from .bans import ip_ban_notice
 from .context import ServerContext
 from .dispatch import dispatch
 from .handlers.connection import ClientDisconnect
+from .intake import PAUSE_READING_BYTES, FrameIntake, OverAllowance, Turn
 from .links import TcpLink
 from .outbound import send_encoded, send_error
 from .session import Session
@@ -99,31 +100,53 @@ class SessionRunner:
     def _serve(self, session: Session, link) -> str:
         """Read and handle frames until the connection ends; returns why it ended."""
         ctx = self._ctx
-        decoder = FrameDecoder()
-        link.set_idle_timeout(ctx.config.session_timeout_seconds)
-        while not session.closed:
-            try:
-                data = link.recv()
-            except TimeoutError:
-                return "idle timeout"
-            except OSError as exc:
-                return f"read failed: {exc}"
-            if not data:
-                return "client closed the connection"
-            try:
-                frames = decoder.feed(data)
-            except FrameError as exc:
-                log.warning("Session %d sent an invalid frame: %s", session.id, exc)
-                send_error(session, ErrorCode.INVALID_FRAME, f"Invalid frame: {exc}")
-                return "invalid frame"
-            for frame in frames:
-                if session.closed:
-                    break
+        idle_seconds = ctx.config.session_timeout_seconds
+        # A frame must arrive whole within the session timeout, however slowly it trickles in.
+        intake = FrameIntake(ctx.partial_frames, idle_seconds)
+        turn = Turn()
+        try:
+            while not session.closed:
+                if session.backlog > PAUSE_READING_BYTES and not session.wait_for_reader(idle_seconds):
+                    return "not reading its replies"
+                wait = intake.seconds_left(idle_seconds)
+                if wait <= 0:
+                    return self._frame_overdue(session, idle_seconds)
+                link.set_idle_timeout(wait)
                 try:
-                    dispatch(ctx, session, frame)
-                except ClientDisconnect:
-                    return "client disconnected"
-        return session.close_reason
+                    data = link.recv()
+                except TimeoutError:
+                    return self._frame_overdue(session, idle_seconds) if intake.mid_frame else "idle timeout"
+                except OSError as exc:
+                    return f"read failed: {exc}"
+                if not data:
+                    return "client closed the connection"
+                try:
+                    frames = intake.feed(data)
+                except FrameError as exc:
+                    log.warning("Session %d sent an invalid frame: %s", session.id, exc)
+                    send_error(session, ErrorCode.INVALID_FRAME, f"Invalid frame: {exc}")
+                    return "invalid frame"
+                except OverAllowance as full:
+                    log.warning("Session %d disconnected: unfinished frames of all clients hold %d bytes",
+                                session.id, full.args[0])
+                    send_error(session, ErrorCode.SERVICE_UNAVAILABLE, "Server busy: frame too large for now")
+                    return "unfinished frames over the server's limit"
+                for frame in frames:
+                    if session.closed:
+                        break
+                    try:
+                        dispatch(ctx, session, frame)
+                    except ClientDisconnect:
+                        return "client disconnected"
+                    turn.take_breath()
+            return session.close_reason
+        finally:
+            intake.close()
+
+    def _frame_overdue(self, session: Session, seconds: int) -> str:
+        log.warning("Session %d disconnected: a frame was not complete after %d s", session.id, seconds)
+        send_error(session, ErrorCode.INVALID_FRAME, f"Frame not complete within {seconds} s")
+        return "frame not complete in time"
 
     def _refuse(self, link, code: int, text: str) -> None:
         """SERVER_CONFIG then the reason, so the client shows why, then close."""

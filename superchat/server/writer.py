@@ -57,19 +57,27 @@ class Writer:
             while self._queued:
                 with self._turn:
                     batch, self._queued = self._queued, []
-                    try:
-                        rows = self._store_batch([post for post, _ in batch])
-                    except Exception as exc:  # every waiter learns of the failure; none is acknowledged
-                        for _, result in batch:
-                            result.set_exception(exc)
-                    else:
-                        for (_, result), row in zip(batch, rows, strict=True):
-                            result.set(row)
+                    self._commit_batch(batch)
                 # gevent's semaphore is not fair: without a yield here the next batch would take
                 # the turn again at once, and under steady posting no other write would get one.
                 gevent.sleep(0)
         finally:
             self._committer = None
+
+    def _commit_batch(self, batch: list[tuple[NewPost, AsyncResult]]) -> None:
+        try:
+            rows = self._store_batch([post for post, _ in batch])
+        except Exception as exc:
+            if len(batch) == 1:  # its waiter learns of the failure; nothing is acknowledged
+                batch[0][1].set_exception(exc)
+                return
+            # One post may have failed the whole transaction: each is tried again on its own, so
+            # that a post one client got wrong never costs another client's post.
+            for entry in batch:
+                self._commit_batch([entry])
+        else:
+            for (_, result), row in zip(batch, rows, strict=True):
+                result.set(row)
 
     def _store_batch(self, posts: list[NewPost]) -> list[MessageRow | PostRejected]:
         if self._pool is None:
