@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -90,6 +91,29 @@ def test_websocket_ping_gets_a_pong_in_order_with_frames(web_server):
     client.send(m.Ping(timestamp=9))
     assert client.expect(m.Pong).client_timestamp == 9
     assert stream.pongs == [b"are you there"]
+
+
+def test_websocket_pings_do_not_keep_an_unfinished_frame_waiting(web_server):
+    server = web_server({"limits": {"session_timeout_seconds": 2}})
+    client, stream = web_client(server, "trickler")
+    stream.sendall(encode_message(m.Ping(timestamp=1))[:6])  # half a frame, then only WebSocket pings
+    started = time.monotonic()
+    done = threading.Event()
+
+    def keep_pinging() -> None:
+        while not done.wait(0.2):
+            try:
+                stream.ping(b"still here")
+            except OSError:
+                return
+
+    threading.Thread(target=keep_pinging, daemon=True).start()
+    try:
+        assert "not complete" in client.expect_error(1002, timeout=10).message
+        client.wait_closed(5)
+    finally:
+        done.set()
+    assert time.monotonic() - started < 8
 
 
 def test_a_text_message_ends_the_session_with_close_code_1003(web_server):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 
 import gevent
@@ -52,6 +53,7 @@ class WebSocketLink(TcpLink):
         super().__init__(sock)
         self._ws = ws
         self._ended = False
+        self._recv_seconds: float = REQUEST_SECONDS
         self._control: Callable[[bytes], None] = sock.sendall
 
     def bind(self, send_wrapped: Callable[[bytes], None]) -> None:
@@ -65,14 +67,27 @@ class WebSocketLink(TcpLink):
             return b""
         return self._ws.send(Message(data=frame))
 
+    def set_idle_timeout(self, seconds: float) -> None:
+        super().set_idle_timeout(seconds)
+        self._recv_seconds = seconds
+
     def recv(self) -> bytes:
-        """Payload bytes of the client's binary messages; b"" once the connection is closing."""
+        """Payload bytes of the client's binary messages; b"" once the connection is closing.
+
+        The idle timeout bounds the whole call: WebSocket pings and empty messages are traffic,
+        but not protocol bytes, and must not keep an unfinished frame waiting for ever.
+        """
+        deadline = time.monotonic() + self._recv_seconds
         while not self._ended:
             data = self._take_events()
             if data:
                 return data
             if self._ended:
                 break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no protocol bytes in time")
+            self._sock.settimeout(remaining)
             chunk = self._sock.recv(RECV_BYTES)
             if not chunk:
                 self._ended = True
