@@ -75,34 +75,51 @@ def compress_payload(payload: bytes) -> bytes:
 class FrameDecoder:
     """Accumulates received bytes and hands out complete frames.
 
-    Raises ``FrameError`` when a length field is out of bounds; after that the
-    stream has lost its framing and nothing more can be read from it.
+    ``receive()`` takes bytes as they arrive and ``next_frame()`` hands out one whole frame at a
+    time, so that a caller can do other work between frames of a long burst; ``feed()`` does both
+    at once. Raises ``FrameError`` when a length field is out of bounds; after that the stream has
+    lost its framing and nothing more can be read from it.
     """
+
+    __slots__ = ("_buffer", "_pos")
 
     def __init__(self) -> None:
         self._buffer = bytearray()
+        self._pos = 0  # where the next frame starts; what lies before it is spent
+
+    def receive(self, data: bytes) -> None:
+        if self._pos:
+            del self._buffer[: self._pos]
+            self._pos = 0
+        self._buffer += data
+
+    def next_frame(self) -> Frame | None:
+        """The next whole frame, or None until more bytes are received."""
+        buf, pos = self._buffer, self._pos
+        if len(buf) - pos < HEADER_SIZE:
+            if len(buf) - pos >= 4:
+                self._check_length(int.from_bytes(buf[pos : pos + 4], "big"))
+            return None
+        length, version, msg_type, flags = _HEADER.unpack_from(buf, pos)
+        self._check_length(length)
+        end = pos + 4 + length
+        if end > len(buf):
+            return None
+        self._pos = end
+        return Frame(version, msg_type, flags, bytes(buf[pos + HEADER_SIZE : end]))
 
     def feed(self, data: bytes) -> list[Frame]:
-        buf = self._buffer
-        buf += data
-        frames = []
-        pos = 0
-        while len(buf) - pos >= 4:
-            length = int.from_bytes(buf[pos : pos + 4], "big")
-            if length > MAX_FRAME_LENGTH:
-                raise FrameError(f"frame length {length} exceeds the 1 MiB limit")
-            if length < 3:
-                raise FrameError(f"frame length {length} is shorter than its header")
-            end = pos + 4 + length
-            if end > len(buf):
-                break
-            version, msg_type, flags = buf[pos + 4], buf[pos + 5], buf[pos + 6]
-            frames.append(Frame(version, msg_type, flags, bytes(buf[pos + 7 : end])))
-            pos = end
-        if pos:
-            del buf[:pos]
-        return frames
+        self.receive(data)
+        return list(iter(self.next_frame, None))
+
+    @staticmethod
+    def _check_length(length: int) -> None:
+        if length > MAX_FRAME_LENGTH:
+            raise FrameError(f"frame length {length} exceeds the 1 MiB limit")
+        if length < 3:
+            raise FrameError(f"frame length {length} is shorter than its header")
 
     @property
     def buffered(self) -> int:
-        return len(self._buffer)
+        """Bytes received and not yet handed out as frames."""
+        return len(self._buffer) - self._pos

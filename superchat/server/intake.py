@@ -95,6 +95,7 @@ class FrameIntake:
         self._memory = memory
         self._frame_seconds = frame_seconds
         self._held = 0
+        self._received_at = 0.0
         self._frame_started: float | None = None
 
     @property
@@ -109,19 +110,30 @@ class FrameIntake:
             return idle_seconds
         return min(idle_seconds, self._frame_started + self._frame_seconds - time.monotonic())
 
-    def feed(self, data: bytes) -> list[Frame]:
-        """The frames ``data`` completes. Raises FrameError (the stream has lost its framing) or
-        OverAllowance."""
-        frames = self._decoder.feed(data)
+    def receive(self, data: bytes) -> None:
+        """Take bytes from the link. Raises OverAllowance when the server cannot hold them."""
+        self._decoder.receive(data)
+        self._account()
+        self._received_at = time.monotonic()
+
+    def next_frame(self) -> Frame | None:
+        """The next whole frame, or None until more bytes arrive. Raises FrameError when the
+        stream has lost its framing."""
+        frame = self._decoder.next_frame()
+        if frame is not None:
+            self._frame_started = None
+            return frame
+        # What is left is the start of the next frame, which arrived with the latest bytes.
+        self._account()
+        if self._decoder.buffered and self._frame_started is None:
+            self._frame_started = self._received_at
+        return None
+
+    def _account(self) -> None:
         buffered = self._decoder.buffered
         if not self._memory.hold(self._held, buffered):
             raise OverAllowance(self._memory.held)
         self._held = buffered
-        if not buffered:
-            self._frame_started = None
-        elif frames or self._frame_started is None:
-            self._frame_started = time.monotonic()
-        return frames
 
     def close(self) -> None:
         self._memory.hold(self._held, 0)

@@ -121,7 +121,13 @@ class SessionRunner:
                 if not data:
                     return "client closed the connection"
                 try:
-                    frames = intake.feed(data)
+                    intake.receive(data)
+                    # One frame at a time, so that even the decoding of a long burst takes turns.
+                    while not session.closed and (frame := intake.next_frame()) is not None:
+                        dispatch(ctx, session, frame)
+                        turn.take_breath()
+                except ClientDisconnect:
+                    return "client disconnected"
                 except FrameError as exc:
                     log.warning("Session %d sent an invalid frame: %s", session.id, exc)
                     send_error(session, ErrorCode.INVALID_FRAME, f"Invalid frame: {exc}")
@@ -131,14 +137,6 @@ class SessionRunner:
                                 session.id, full.args[0])
                     send_error(session, ErrorCode.SERVICE_UNAVAILABLE, "Server busy: frame too large for now")
                     return "unfinished frames over the server's limit"
-                for frame in frames:
-                    if session.closed:
-                        break
-                    try:
-                        dispatch(ctx, session, frame)
-                    except ClientDisconnect:
-                        return "client disconnected"
-                    turn.take_breath()
             return session.close_reason
         finally:
             intake.close()
