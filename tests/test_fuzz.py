@@ -41,7 +41,7 @@ CLIENT_TYPES = sorted(code for code in messages.BY_CODE if code < 0x80)
 STRINGS = (
     "", "a", "general", "random", "chat", "fuzz", "Fuzz-1", "x" * 20, "x" * 21, "é", "\u202e", "日本語",
     "$admin", "~anon", "0" * 40, "f" * 50, "x" * 4097, "10.9.8.7", "192.0.2.0/24", "2001:db8::/32", "::",
-    "999.1.1.1", "1.2.3.4/33",
+    "999.1.1.1", "1.2.3.4/33", "nul\0inside",
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl fuzz@host",
     "ssh-rsa AAAA", "garbage key",
 )

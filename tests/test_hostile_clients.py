@@ -97,6 +97,20 @@ def test_ids_past_the_databases_range_are_unknown_ids(start_server):
     assert_no_traceback(server)
 
 
+def test_strings_holding_nul_are_refused_on_every_database(start_server):
+    server = start_server()
+    client = Client(server.port)
+    client.handshake("nulled")
+    general = client.channel_id("general")
+    for msg in (messages.PostMessage(channel_id=general, content="a\0b"),
+                messages.GetUserInfo(nickname="nul\0led"),
+                messages.BanIP(ip_cidr="10.0.0.1", reason="\0")):
+        client.send(msg)
+        assert "NUL" in client.expect_error(ErrorCode.INVALID_FORMAT).message
+    assert client.post(general, "still fine") > 0
+    assert_no_traceback(server)
+
+
 def test_a_pipelining_client_does_not_hold_up_the_others(start_server):
     server = start_server(GENEROUS)
     setup = Client(server.port)

@@ -6,6 +6,7 @@ import logging
 
 from ..observability import metrics
 from ..protocol import DecodeError, ErrorCode, Frame, InvalidUTF8, PayloadError, messages, type_name
+from ..protocol.fields import STRING, Array, Optional, Trailing
 from ..storage import StorageError
 from .context import ServerContext
 from .handlers import accounts, channels, connection, discovery, keys, moderation, people, posts, readstate
@@ -19,6 +20,38 @@ ROUTES = {
     for module in (connection, accounts, keys, people, readstate, channels, posts, moderation, discovery)
     for cls, handler in module.HANDLERS.items()
 }
+
+def _text_fields(cls) -> tuple[tuple[str, type | None], ...]:
+    """The string fields of a record, with the record type of each array that holds more."""
+    fields = []
+    for name, codec in cls.LAYOUT.entries:
+        inner = codec.inner if isinstance(codec, (Optional, Trailing)) else codec
+        if inner is STRING:
+            fields.append((name, None))
+        elif isinstance(inner, Array) and _text_fields(inner.record):
+            fields.append((name, inner.record))
+    return tuple(fields)
+
+
+# PostgreSQL cannot store a NUL character, and no text of a chat needs one: strings holding one are
+# refused on every database alike, before any handler sees them.
+TEXT_FIELDS = {code: _text_fields(cls) for code, (cls, _) in ROUTES.items()}
+RECORD_TEXT_FIELDS = {
+    record: _text_fields(record)
+    for fields in TEXT_FIELDS.values() for _, record in fields if record is not None
+}
+
+
+def _holds_nul(msg, fields: tuple[tuple[str, type | None], ...]) -> bool:
+    for name, record in fields:
+        value = getattr(msg, name)
+        if record is None:
+            if value is not None and "\0" in value:
+                return True
+        elif any(_holds_nul(item, RECORD_TEXT_FIELDS[record]) for item in value):
+            return True
+    return False
+
 
 # The reference server reads these without decoding an empty payload, so an empty
 # payload stands for the all-defaults message rather than a format error.
@@ -47,6 +80,9 @@ def dispatch(ctx: ServerContext, session: Session, frame: Frame) -> None:
         return
     except DecodeError:
         send_error(session, ErrorCode.INVALID_FORMAT, "Invalid message format")
+        return
+    if _holds_nul(msg, TEXT_FIELDS[frame.type]):
+        send_error(session, ErrorCode.INVALID_FORMAT, "Invalid message format: strings must not contain NUL")
         return
     try:
         handler(ctx, session, msg)
