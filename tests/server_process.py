@@ -115,6 +115,16 @@ class ServerProcess:
         for section, values in settings.items():
             document.setdefault(section, {}).update(values)
         self.config_path.write_text(tomli_w.dumps(document))
+        server = document["server"]
+        self._configured_database = (server.get("database_url") or server.get("database_path")
+                                     or self.data_dir / "superchat.db")
+
+    @property
+    def database(self):
+        """The SQLite file or PostgreSQL URL this server keeps its data in."""
+        if "--db" in self.args:
+            return self.args[self.args.index("--db") + 1]
+        return self._configured_database
 
     @property
     def env(self) -> dict:

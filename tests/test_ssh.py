@@ -133,6 +133,20 @@ def test_an_unknown_key_cannot_take_a_registered_name(ssh_server, keys):
     assert_refused_at_sign_in(client, stream)
 
 
+def test_an_unknown_key_cannot_take_a_case_variant_of_a_registered_name(ssh_server, keys):
+    server = ssh_server()
+    tcp_account(server, "bob")
+    key = make_key(keys)
+    for variant in ("Bob", "BOB"):
+        client, stream = ssh_client(server, variant, key, keys / "known_hosts")
+        assert_refused_at_sign_in(client, stream)
+    client, stream = ssh_client(server, "bobby", key, keys / "known_hosts")  # the key itself is welcome
+    try:
+        assert signed_in(client).nickname == "bobby"
+    finally:
+        stream.close()
+
+
 def test_invalid_user_names_and_passwords_are_refused(ssh_server, keys):
     server = ssh_server()
     client, stream = ssh_client(server, "no spaces!", make_key(keys), keys / "known_hosts")

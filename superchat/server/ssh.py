@@ -6,10 +6,10 @@ carries exactly the frames a TCP connection carries. The session starts signed i
 server sends SERVER_CONFIG, then AUTH_RESPONSE, unasked.
 
 A key registered to an account signs into that account, whatever user name the client
-gives. An unknown key offered under a user name nobody has registered creates that
-account (SSH-only: no password until the user sets one) and registers the key to it;
-an unknown key for an existing account is refused: keys are added to an account with
-ADD_SSH_KEY by a signed-in user.
+gives. An unknown key offered under a user name nobody has registered (in any case)
+creates that account (SSH-only: no password until the user sets one) and registers the
+key to it; an unknown key for an existing account is refused: keys are added to an
+account with ADD_SSH_KEY by a signed-in user.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ class _Gatekeeper(paramiko.ServerInterface):
             return paramiko.AUTH_SUCCESSFUL
         if not self._can_register or not acceptable_nickname(self._ctx, username):
             return paramiko.AUTH_FAILED
-        if store.get_user_by_nickname(username) is not None:
+        if store.get_user_by_folded_nickname(username) is not None:
             return paramiko.AUTH_FAILED
         line = f"{key.get_name()} {key.get_base64()}"
         self.offer = _Offer(fingerprint, None, username, key.get_name(), line)

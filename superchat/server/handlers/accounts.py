@@ -34,7 +34,7 @@ def set_nickname(ctx: ServerContext, session: Session, msg) -> None:
     if not NICKNAME_CHARACTERS.fullmatch(nickname):
         refuse(f"Invalid nickname. Must be {MIN_NICKNAME_BYTES}-{longest} characters, alphanumeric plus - and _")
         return
-    owner = ctx.store.get_user_by_nickname(nickname)
+    owner = ctx.store.get_user_by_folded_nickname(nickname)
     if owner is not None and owner.id != session.user_id:
         refuse("Nickname registered, password required")
         return
@@ -76,7 +76,7 @@ def register_user(ctx: ServerContext, session: Session, msg) -> None:
         refuse("Invalid password hash format")
         return
     nickname = session.nickname
-    if ctx.store.get_user_by_nickname(nickname) is not None:
+    if ctx.store.get_user_by_folded_nickname(nickname) is not None:
         refuse("Nickname already registered")
         return
     if not ctx.registrations.allow(passwords.LoginThrottle.source(session.host)):
@@ -106,7 +106,9 @@ def auth_request(ctx: ServerContext, session: Session, msg) -> None:
     if wait:
         refuse(f"Too many failed login attempts. Try again in {wait} seconds.")
         return
-    user = ctx.store.get_user_by_nickname(msg.nickname)
+    # A case variant names the account too; upstream clients salt their hash with the name as typed,
+    # so for them only the registered spelling matches the password.
+    user = ctx.store.get_user_by_folded_nickname(msg.nickname)
     if user is not None and not user.password_hash:
         refuse("This account requires SSH authentication. Please connect via SSH.")
         return
