@@ -1524,6 +1524,22 @@ class Store:
         return UserRow(user_id, nickname, user_flags, password_hash, now, now)
 
     @_storage_errors()
+    def claim_account(self, nickname: str, password_hash: str, user_flags: int) -> tuple[UserRow, bool, int]:
+        """The account named exactly ``nickname`` with this password: created, or taken over, its password
+        replaced, ``user_flags`` added and its SSH keys removed, so that the password is the one way in.
+        Returns the account, whether it is new and how many keys went; NicknameTaken when an account
+        holds the name in another case."""
+        with _unique(NicknameTaken(nickname)), self._writer.atomic():
+            rows = _rows(_User.select(*_USER_COLUMNS).where(_User.nickname == nickname), self._writer)
+            if not rows:
+                return self.create_user(nickname, password_hash, user_flags), True, 0
+            user = UserRow(*rows[0])
+            removed = _SSHKey.delete().where(_SSHKey.user_id == user.id).execute(self._writer)
+            _User.update(password_hash=password_hash, user_flags=_User.user_flags.bin_or(user_flags)).where(
+                _User.id == user.id).execute(self._writer)
+        return replace(user, password_hash=password_hash, user_flags=user.user_flags | user_flags), False, removed
+
+    @_storage_errors()
     def set_password(self, user_id: int, password_hash: str) -> None:
         """An empty hash leaves the account reachable by SSH key only."""
         _User.update(password_hash=password_hash).where(_User.id == user_id).execute(self._writer)

@@ -18,8 +18,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import bcrypt
 import tomli_w
 
+from superchat.protocol import flags
+from superchat.storage import Store
 from tests.postgres_server import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,6 +128,16 @@ class ServerProcess:
         if "--db" in self.args:
             return self.args[self.args.index("--db") + 1]
         return self._configured_database
+
+    def create_admin(self, nickname: str, client_hash: str) -> int:
+        """Make the admin account ``nickname`` in this server's database, as ``scd admin create`` stores
+        it, but from the client's hash: the command's Argon2id takes seconds. Returns the user id."""
+        store = Store(self.database)
+        try:
+            stored_hash = bcrypt.hashpw(client_hash.encode(), bcrypt.gensalt(4)).decode()
+            return store.claim_account(nickname, stored_hash, flags.ADMIN)[0].id
+        finally:
+            store.close()
 
     @property
     def env(self) -> dict:

@@ -648,6 +648,20 @@ def test_names_alike_but_for_case_from_before_are_named_until_resolved(db_path):
         s.close()
 
 
+def test_claiming_an_account_makes_it_or_takes_it_over(store):
+    made, created, removed = store.claim_account("boss", "first", 1)
+    assert (made.nickname, made.password_hash, made.user_flags, created, removed) == ("boss", "first", 1, True, 0)
+    store.assign_flag(4, ["boss"])
+    for number in range(2):
+        store.add_ssh_key(made.id, f"SHA256:{number}", "ssh-ed25519 A", "ssh-ed25519", None)
+    taken, created, removed = store.claim_account("boss", "second", 1)
+    assert (taken.id, taken.password_hash, taken.user_flags, created, removed) == (made.id, "second", 5, False, 2)
+    assert store.get_user(made.id) == taken and store.list_ssh_keys(made.id) == []
+    with pytest.raises(NicknameTaken):
+        store.claim_account("Boss", "third", 1)
+    assert store.list_users(10) == [taken]
+
+
 def test_assign_flag_gives_it_to_exactly_the_named_users(store):
     admin = store.create_user("admin", "h", 0)
     former = store.create_user("former", "h", 1 | 2)
