@@ -1,4 +1,5 @@
-"""``scd``: parse configuration, run the server until SIGTERM or SIGINT; SIGHUP reopens the log files."""
+"""``scd``: parse configuration, run the server until SIGTERM or SIGINT; SIGHUP reopens the log files.
+``scd admin ...`` manages admin accounts instead (superchat/admin.py)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,13 @@ EXIT_USAGE = 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["admin"]:
+        from .admin import main as admin_main
+
+        return admin_main(argv[1:])
     try:
-        config = load_config(sys.argv[1:] if argv is None else argv, os.environ)
+        config = load_config(argv, os.environ)
     except ConfigError as exc:
         print(f"scd: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -345,6 +345,10 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             started_at BIGINT NOT NULL
         )""",
     ),
+    (
+        # Registered nicknames are unique regardless of case; _fold_nicknames makes this unique.
+        'CREATE INDEX idx_user_nickname_folded ON "User"(lower(nickname))',
+    ),
 )
 
 
@@ -363,6 +367,22 @@ _DIALECT_TERMS = {
 }
 # Two servers starting on one PostgreSQL database take turns at migrating it.
 _MIGRATION_LOCK_KEY = 0x5C_0001
+# Held by every write that gives an account a nickname, across all servers of one database.
+_NICKNAMES_LOCK_KEY = 0x5C_0002
+
+# A database from before migration 6 may hold registered nicknames alike but for case (alice and
+# Alice). Making the migration's index unique would then fail the migration and stop the server, and
+# picking an account to rename or delete is the operator's call. So the migration's index is plain,
+# and every start, under the migration lock, replaces it by a unique one as soon as no such pair is
+# left, and otherwise names the pairs in the log. Until then nothing makes a new pair: every write of
+# a nickname checks the folded name under _NICKNAMES_LOCK_KEY (one writer thread on SQLite).
+_SQL_NICKNAME_COLLISIONS = """SELECT id, nickname FROM "User" WHERE lower(nickname) IN
+    (SELECT lower(nickname) FROM "User" GROUP BY lower(nickname) HAVING count(*) > 1)
+    ORDER BY lower(nickname), id"""
+_SQL_UNIQUE_FOLDED_NICKNAMES = (
+    'CREATE UNIQUE INDEX IF NOT EXISTS idx_user_nickname_folded_unique ON "User"(lower(nickname))',
+    "DROP INDEX IF EXISTS idx_user_nickname_folded",
+)
 
 
 def _migration(dialect: str, number: int) -> list[str]:
@@ -904,8 +924,9 @@ def _lock_channels(cursor, posts: Sequence[NewPost]) -> dict[int, bool]:
     return {channel_id: channel_id in found for channel_id in wanted}
 
 
-def _migrate(db: peewee.Database) -> None:
-    """Bring the schema of a SQLite or PostgreSQL database up to this server's version."""
+def _migrate(db: peewee.Database) -> list[list[tuple[int, str]]]:
+    """Bring the schema of a SQLite or PostgreSQL database up to this server's version; returns the
+    registered nicknames alike but for case, as (user id, nickname) groups (see _fold_nicknames)."""
     postgres = isinstance(db, peewee.PostgresqlDatabase)
     dialect = "postgresql" if postgres else "sqlite"
     with db.atomic():
@@ -919,6 +940,17 @@ def _migrate(db: peewee.Database) -> None:
                 db.execute_sql(statement)
         if version < len(_MIGRATIONS):
             _set_schema_version(db, postgres, len(_MIGRATIONS))
+        return _fold_nicknames(db)
+
+
+def _fold_nicknames(db: peewee.Database) -> list[list[tuple[int, str]]]:
+    groups: dict[str, list[tuple[int, str]]] = {}
+    for user_id, nickname in db.execute_sql(_SQL_NICKNAME_COLLISIONS).fetchall():
+        groups.setdefault(nickname.lower(), []).append((user_id, nickname))
+    if not groups:
+        for statement in _SQL_UNIQUE_FOLDED_NICKNAMES:
+            db.execute_sql(statement)
+    return list(groups.values())
 
 
 def _schema_version(db: peewee.Database, postgres: bool) -> int:
@@ -962,7 +994,7 @@ class Store:
             # never fails half-way on a lock upgrade.
             self._writer = _open(path, lock_type="IMMEDIATE")
             try:
-                _migrate(self._writer)
+                self.nickname_collisions = _migrate(self._writer)
                 self._reader = _open(path)
             except BaseException:
                 self._writer.close()
@@ -979,7 +1011,7 @@ class Store:
         self._posts = _POSTGRESQL_POSTS
         try:
             with self._pool.connection_context():
-                _migrate(self._pool)
+                self.nickname_collisions = _migrate(self._pool)
         except BaseException as exc:
             self._pool.close_all()
             if isinstance(exc, _DRIVER_ERRORS):
@@ -1094,6 +1126,15 @@ class Store:
     @_storage_errors()
     def get_user_by_nickname(self, nickname: str) -> UserRow | None:
         rows = _rows(_User.select(*_USER_COLUMNS).where(_User.nickname == nickname), self._reader)
+        return UserRow(*rows[0]) if rows else None
+
+    @_storage_errors()
+    def get_user_by_folded_nickname(self, nickname: str) -> UserRow | None:
+        """The account whose nickname is ``nickname`` regardless of case. Where a database from before
+        holds several (see _fold_nicknames): the one spelled exactly so, else the oldest."""
+        query = (_User.select(*_USER_COLUMNS).where(fn.lower(_User.nickname) == fn.lower(nickname))
+                 .order_by((_User.nickname == nickname).desc(), _User.id).limit(1))
+        rows = _rows(query, self._reader)
         return UserRow(*rows[0]) if rows else None
 
     @_storage_errors()
@@ -1497,6 +1538,22 @@ class Store:
         return UserRow(user_id, nickname, user_flags, password_hash, now, now)
 
     @_storage_errors()
+    def claim_account(self, nickname: str, password_hash: str, user_flags: int) -> tuple[UserRow, bool, int]:
+        """The account named exactly ``nickname`` with this password: created, or taken over, its password
+        replaced, ``user_flags`` added and its SSH keys removed, so that the password is the one way in.
+        Returns the account, whether it is new and how many keys went; NicknameTaken when an account
+        holds the name in another case."""
+        with _unique(NicknameTaken(nickname)), self._writer.atomic():
+            rows = _rows(_User.select(*_USER_COLUMNS).where(_User.nickname == nickname), self._writer)
+            if not rows:
+                return self.create_user(nickname, password_hash, user_flags), True, 0
+            user = UserRow(*rows[0])
+            removed = _SSHKey.delete().where(_SSHKey.user_id == user.id).execute(self._writer)
+            _User.update(password_hash=password_hash, user_flags=_User.user_flags.bin_or(user_flags)).where(
+                _User.id == user.id).execute(self._writer)
+        return replace(user, password_hash=password_hash, user_flags=user.user_flags | user_flags), False, removed
+
+    @_storage_errors()
     def set_password(self, user_id: int, password_hash: str) -> None:
         """An empty hash leaves the account reachable by SSH key only."""
         _User.update(password_hash=password_hash).where(_User.id == user_id).execute(self._writer)
@@ -1532,7 +1589,10 @@ class Store:
         return user
 
     def _check_nickname_free(self, nickname: str, owner_id: int | None) -> None:
-        query = _User.select(_User.id).where(_User.nickname == nickname)
+        """Within the write's transaction: no other account holds ``nickname`` in any case."""
+        if self.dialect == "postgresql":
+            self._writer.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_NICKNAMES_LOCK_KEY,))
+        query = _User.select(_User.id).where(fn.lower(_User.nickname) == fn.lower(nickname))
         if owner_id is not None:
             query = query.where(_User.id != owner_id)
         if _rows(query, self._writer):

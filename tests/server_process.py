@@ -18,8 +18,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import bcrypt
 import tomli_w
 
+from superchat.protocol import flags
+from superchat.storage import Store
 from tests.postgres_server import PostgresServer
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,6 +118,26 @@ class ServerProcess:
         for section, values in settings.items():
             document.setdefault(section, {}).update(values)
         self.config_path.write_text(tomli_w.dumps(document))
+        server = document["server"]
+        self._configured_database = (server.get("database_url") or server.get("database_path")
+                                     or self.data_dir / "superchat.db")
+
+    @property
+    def database(self):
+        """The SQLite file or PostgreSQL URL this server keeps its data in."""
+        if "--db" in self.args:
+            return self.args[self.args.index("--db") + 1]
+        return self._configured_database
+
+    def create_admin(self, nickname: str, client_hash: str) -> int:
+        """Make the admin account ``nickname`` in this server's database, as ``scd admin create`` stores
+        it, but from the client's hash: the command's Argon2id takes seconds. Returns the user id."""
+        store = Store(self.database)
+        try:
+            stored_hash = bcrypt.hashpw(client_hash.encode(), bcrypt.gensalt(4)).decode()
+            return store.claim_account(nickname, stored_hash, flags.ADMIN)[0].id
+        finally:
+            store.close()
 
     @property
     def env(self) -> dict:

@@ -2,14 +2,21 @@
 
 import base64
 import hashlib
+import sqlite3
 import statistics
 import threading
 import time
+from contextlib import closing
+from pathlib import Path
 
+import bcrypt
+import psycopg2
 import pytest
 
+from superchat import storage
 from superchat.protocol import messages as m
 from tests.client import UNSOLICITED, Client
+from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -119,13 +126,110 @@ def test_registered_user_renames_the_account(connect):
     assert client.expect(m.NicknameResponse).message == "Nickname registered, password required"
 
 
+# -- nicknames regardless of case --
+
+
+def test_a_registered_nickname_is_taken_in_every_case(connect):
+    early = connect("Alice")  # before anyone registered alice
+    owner = connect()
+    owner_id = owner.register("alice", pw("alice"))
+    early.send(m.RegisterUser(password=pw("early")))
+    assert early.expect(m.RegisterResponse) == m.RegisterResponse(success=False, message="Nickname already registered")
+    for variant in ("Alice", "ALICE", "aLiCe"):
+        anonymous = connect()
+        anonymous.send(m.SetNickname(nickname=variant))
+        assert anonymous.expect(m.NicknameResponse) == m.NicknameResponse(
+            success=False, message="Nickname registered, password required"), variant
+    other = connect()
+    other.register("bob", pw("bob"))
+    other.send(m.SetNickname(nickname="ALICE"))
+    assert other.expect(m.NicknameResponse) == m.NicknameResponse(
+        success=False, message="Nickname registered, password required")
+
+    # The owner may change the case of its own name; the account follows.
+    owner.send(m.SetNickname(nickname="Alice"))
+    assert owner.expect(m.NicknameResponse) == m.NicknameResponse(success=True, message="Nickname changed to Alice")
+    owner.send(m.GetUserInfo(nickname="Alice"))
+    assert owner.expect(m.UserInfo).user_id == owner_id
+    reply = connect().login("Alice", pw("alice"))
+    assert (reply.success, reply.user_id, reply.nickname) == (True, owner_id, "Alice")
+
+
+def test_login_by_a_case_variant_signs_into_the_account_as_registered(connect):
+    uid = connect().register("carol", pw("carol"))
+    client = connect()
+    # Upstream clients hash with the name as typed, so only a client hashing as "carol" gets this far.
+    reply = client.login("CAROL", pw("carol"))
+    assert (reply.success, reply.user_id, reply.nickname) == (True, uid, "carol")
+    assert connect().login("Carol", pw("wrong")).message == "Invalid credentials"
+
+
+def old_schema_with_users(database, nicknames: list[str]) -> None:
+    """The database as a server of schema 5, before registered names were unique regardless of case,
+    left it, with an account (password: pw(nickname)) for each of ``nicknames``, in that order."""
+    postgres = str(database).startswith("postgresql://")
+    if postgres:
+        connection = psycopg2.connect(database)
+        version = ['CREATE TABLE "SchemaVersion" (version BIGINT NOT NULL)', 'INSERT INTO "SchemaVersion" VALUES (5)']
+    else:
+        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        connection = sqlite3.connect(database)
+        version = ["PRAGMA user_version = 5"]
+    with closing(connection):
+        cursor = connection.cursor()
+        for number in range(1, 6):
+            for statement in storage._migration("postgresql" if postgres else "sqlite", number):
+                cursor.execute(statement)
+        for nickname in nicknames:
+            stored = bcrypt.hashpw(pw(nickname).encode(), bcrypt.gensalt(4)).decode()
+            cursor.execute(f"""INSERT INTO "User" (nickname, password_hash, created_at)
+                               VALUES ('{nickname}', '{stored}', 1)""")
+        for statement in version:
+            cursor.execute(statement)
+        connection.commit()
+
+
+def test_an_old_database_with_names_alike_but_for_case_starts_and_names_them(tmp_path):
+    server = ServerProcess(tmp_path / "old")
+    old_schema_with_users(server.database, ["alice", "Alice", "bob"])
+    try:
+        server.start()
+        log = server.wait_for_log("Registered nicknames alike but for case")
+        (warning,) = [line for line in log.splitlines() if "alike but for case" in line]
+        assert "[WARN]" in warning and "alice (user 1), Alice (user 2);" in warning, warning
+        with Client(server.port) as first, Client(server.port) as second, Client(server.port) as third:
+            for client in (first, second, third):
+                client.handshake()
+            # Each account still signs in; a third spelling names the exactly spelled one, else the oldest.
+            assert first.login("alice", pw("alice")).user_id == 1
+            assert second.login("Alice", pw("Alice")).user_id == 2
+            assert third.login("ALICE", pw("alice")).user_id == 1
+            # No new pair arises meanwhile, and the code's check holds without a unique index.
+            first.send(m.SetNickname(nickname="ALICE"))
+            assert first.expect(m.NicknameResponse) == m.NicknameResponse(
+                success=False, message="Nickname already in use")
+            # The pair resolved, the next start says nothing and makes the index unique.
+            second.send(m.SetNickname(nickname="alicia"))
+            assert second.expect(m.NicknameResponse).success
+        server.stop()
+        server.start()
+        assert "alike but for case" not in server.log_text()
+        with Client(server.port) as client:
+            client.handshake()
+            client.send(m.SetNickname(nickname="Alice"))
+            assert not client.expect(m.NicknameResponse).success
+    finally:
+        server.kill()
+
+
 def test_admin_flag_comes_from_the_configuration_and_follows_it_at_restart(start_server, tmp_path):
     root = tmp_path / "admins"
     server = start_server({"server": {"admin_users": ["boss"]}}, root=root)
     with Client(server.port) as boss, Client(server.port) as regular, Client(server.port) as anon:
         for client in (boss, regular, anon):
             client.handshake()
-        boss_id = boss.register("boss", pw("boss"))
+        boss_id = server.create_admin("boss", pw("boss"))
+        assert boss.login("boss", pw("boss")).success
         regular.register("regular", pw("regular"))
         anon.send(m.SetNickname(nickname="anon"))
         anon.expect(m.NicknameResponse)
@@ -342,7 +446,8 @@ def test_admin_rights_follow_a_rename(start_server):
     with Client(server.port) as boss, Client(server.port) as other, Client(server.port) as twin:
         for client in (boss, other, twin):
             client.handshake()
-        boss.register("boss", pw("boss"))
+        server.create_admin("boss", pw("boss"))
+        assert boss.login("boss", pw("boss")).user_flags == 0x01
         assert twin.login("boss", pw("boss")).user_flags == 0x01  # a second session of the account
         boss.send(m.ListUsers(limit=10, include_offline=True))
         assert boss.expect(m.UserList).users
@@ -356,15 +461,11 @@ def test_admin_rights_follow_a_rename(start_server):
         chat = other.channel_id("chat")
         other.post(chat, "retired words")
         assert authors(other, chat) == ["retired"]
-        # Renamed to a configured name, it is one: as when registering that name.
-        other.send(m.SetNickname(nickname="heir"))
-        assert other.expect(m.NicknameResponse).success
-        other.send(m.ListUsers(limit=10, include_offline=True))
-        assert [u.nickname for u in other.expect(m.UserList).users] == ["heir"]
-        assert authors(other, chat) == ["$heir"]
-        with Client(server.port) as third:
-            third.handshake()
-            assert third.login("heir", pw("boss")).user_flags == 0x01
+        # No rename leads back to a configured name, the former one included: the operator makes those.
+        for name in ("heir", "boss", "BOSS"):
+            other.send(m.SetNickname(nickname=name))
+            assert other.expect(m.NicknameResponse) == m.NicknameResponse(
+                success=False, message="Nickname reserved: admin accounts are made by the server operator")
 
 
 def test_parallel_guesses_get_no_more_answers_than_the_throttle_allows(start_server):

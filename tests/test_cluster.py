@@ -71,13 +71,10 @@ class Cluster:
         return client
 
     def admin(self, node: str) -> Client:
+        """A session of the admin, whose account the operator makes (or makes again) on the host."""
+        self.nodes[node].create_admin(ADMIN, PASSWORD)
         client = self.client(node)
-        client.send(m.SetNickname(nickname=ADMIN))
-        assert client.expect(m.NicknameResponse).success
-        client.send(m.RegisterUser(password=PASSWORD))
-        reply = client.expect(m.RegisterResponse)
-        if not reply.success:  # registered on another node already: sign in
-            assert client.login(ADMIN, PASSWORD).success
+        assert client.login(ADMIN, PASSWORD).success
         return client
 
     def health(self, node: str) -> tuple[int, dict]:

@@ -55,6 +55,15 @@ def registered(open_client, server, nickname: str, source: str | None = None, ho
     return client, client.register(nickname, PASSWORD)
 
 
+def signed_in_admin(open_client, server, host: str = "127.0.0.1"):
+    """The configured admin, its account made on the host as the operator makes it, signed in from
+    127.0.0.1 (or ``host``); returns (client, user_id)."""
+    user_id = server.create_admin(ADMIN, PASSWORD)
+    client = open_client(server, host=host)
+    assert client.login(ADMIN, PASSWORD).success
+    return client, user_id
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -232,7 +241,7 @@ def test_admin_messages_are_refused_to_non_admins(srv, open_client, who):
 
 
 def test_ban_user_by_nickname_expels_live_sessions_and_blocks_login(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     victim, victim_id = registered(open_client, srv, "victim", source="127.0.0.2")
     second = open_client(srv, source="127.0.0.3")
     assert second.login("victim", PASSWORD).success
@@ -262,7 +271,7 @@ def test_ban_user_by_nickname_expels_live_sessions_and_blocks_login(srv, open_cl
 
 
 def test_banned_nickname_cannot_post_even_anonymously(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     answer = ban_user(admin, nickname="drifter", reason="ban evasion", shadowban=False)
     assert answer.success
     drifter = open_client(srv, "drifter", source="127.0.0.2")
@@ -279,7 +288,7 @@ def test_banned_nickname_cannot_post_even_anonymously(srv, open_client):
 
 
 def test_ban_user_by_user_id_timed_expires(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     victim, victim_id = registered(open_client, srv, "victim", source="127.0.0.2")
     general = victim.channel_id("general")
 
@@ -310,7 +319,7 @@ def test_ban_user_by_user_id_timed_expires(srv, open_client):
 
 
 def test_expired_nickname_ban_no_longer_blocks_posting(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     assert ban_user(admin, nickname="drifter", reason="short", shadowban=False, duration_seconds=1).success
     drifter = open_client(srv, "drifter", source="127.0.0.2")
     general = drifter.channel_id("general")
@@ -320,7 +329,7 @@ def test_expired_nickname_ban_no_longer_blocks_posting(srv, open_client):
 
 
 def test_unban_user_restores_login(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     victim, victim_id = registered(open_client, srv, "victim", source="127.0.0.2")
     assert ban_user(admin, nickname="victim", reason="r1", shadowban=False).success
     assert_expelled(victim, "r1")
@@ -352,7 +361,7 @@ def test_unban_user_restores_login(srv, open_client):
 
 
 def test_ban_user_refusals(srv, open_client):
-    admin, admin_id = registered(open_client, srv, ADMIN)
+    admin, admin_id = signed_in_admin(open_client, srv)
     for request in (dict(nickname=ADMIN), dict(user_id=admin_id), dict(user_id=admin_id, nickname="someone")):
         refused = ban_user(admin, reason="oops", shadowban=False, **request)
         assert refused == m.UserBanned(success=False, message="Cannot ban yourself"), request
@@ -370,7 +379,7 @@ def test_ban_user_refusals(srv, open_client):
 def test_ban_durations_that_cannot_be_stored_are_refused(srv, open_client):
     """0 s would record an already-expired ban that still cut sessions off; a duration beyond the 64-bit
     millisecond range used to fail with ERROR 9000 "Internal server error"."""
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     victim = open_client(srv, "victim", source="127.0.0.2")
     for duration in (0, 2**64 - 1, 2**63 // 1000, 100 * 366 * 24 * 3600 + 1):
         refused = ban_user(admin, nickname="victim", reason="r", shadowban=False, duration_seconds=duration)
@@ -397,7 +406,7 @@ def _subscribed(client: Client, channel_id: int) -> Client:
 
 
 def test_shadowban_hides_posts_from_everyone_but_author_and_admins(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     troll, troll_id = registered(open_client, srv, "troll", source="127.0.0.2")
     general = admin.channel_id("general")
     watcher = _subscribed(open_client(srv, "watcher", source="127.0.0.3"), general)
@@ -444,7 +453,7 @@ def _listed(client: Client, channel_id: int, parent_id: int | None = None) -> di
 
 
 def test_shadowed_posts_stay_out_of_history_and_edit_notices_for_everyone_else(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     troll, _ = registered(open_client, srv, "troll", source="127.0.0.2")
     member, _ = registered(open_client, srv, "member", source="127.0.0.3")
     general = admin.channel_id("general")
@@ -480,7 +489,7 @@ def test_shadowed_posts_stay_out_of_history_and_edit_notices_for_everyone_else(s
 
 
 def test_an_edit_under_a_shadowban_publishes_nothing(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     troll, _ = registered(open_client, srv, "troll", source="127.0.0.2")
     member, _ = registered(open_client, srv, "member", source="127.0.0.3")
     general = admin.channel_id("general")
@@ -499,7 +508,7 @@ def test_an_edit_under_a_shadowban_publishes_nothing(srv, open_client):
 
 
 def test_expired_shadowban_no_longer_hides_posts_of_a_live_session(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     troll, _ = registered(open_client, srv, "troll", source="127.0.0.2")
     general = admin.channel_id("general")
     watcher = _subscribed(open_client(srv, "watcher", source="127.0.0.3"), general)
@@ -515,7 +524,7 @@ def test_expired_shadowban_no_longer_hides_posts_of_a_live_session(srv, open_cli
 
 
 def test_ban_single_ip_expels_refuses_and_unban_restores(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     victim_named = open_client(srv, "flooder", source="127.0.0.2")
     victim_silent = open_client(srv, source="127.0.0.2")
     victim_registered, _ = registered(open_client, srv, "regular", source="127.0.0.2")
@@ -548,7 +557,7 @@ def test_ban_single_ip_expels_refuses_and_unban_restores(srv, open_client):
 
 
 def test_ban_ipv4_range(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     inside = [open_client(srv, f"inside{n}", source=f"127.0.0.{n}") for n in (4, 5, 7)]
     outside = [open_client(srv, f"outside{n}", source=f"127.0.0.{n}") for n in (2, 3, 8)]
 
@@ -592,7 +601,7 @@ def test_ban_ipv4_range(srv, open_client):
 
 def test_ipv4_mapped_and_zoned_ranges_are_normalised(srv, open_client):
     """Peers are matched as plain IPv4 and without zone, so a ban spelt ::ffff:a.b.c.d must match a.b.c.d."""
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     victim = open_client(srv, "victim", source="127.0.0.2")
     for own in ("::ffff:127.0.0.1", "::ffff:127.0.0.0/104"):
         refused = ban_ip(admin, own, reason="self")
@@ -611,7 +620,7 @@ def test_ipv4_mapped_and_zoned_ranges_are_normalised(srv, open_client):
 
 
 def test_expired_ip_ban_no_longer_blocks(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     victim = open_client(srv, source="127.0.0.6")
     answer = ban_ip(admin, "127.0.0.6", reason="timeout", duration_seconds=1)
     assert answer.success
@@ -632,7 +641,7 @@ def test_ban_ipv6(start_server, open_client, tmp_path):
     root = tmp_path / "v6"
     v6_settings = {"server": {"admin_users": [ADMIN], "bind_address": "::1"}}
     server = start_server(v6_settings, root=root)
-    admin, _ = registered(open_client, server, ADMIN, host="::1")
+    admin, _ = signed_in_admin(open_client, server, host="::1")
 
     for own in ("::1", "::1/128", "::/0", "::1/64", "0:0:0:0:0:0:0:1"):
         refused = ban_ip(admin, own, reason="self")
@@ -684,7 +693,7 @@ def test_ban_ipv6(start_server, open_client, tmp_path):
 
 
 def test_list_bans_reports_every_field(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     _, victim_id = registered(open_client, srv, "victim", source="127.0.0.2")
     _, troll_id = registered(open_client, srv, "troll", source="127.0.0.3")
     assert list_bans(admin) == [] and list_bans(admin, include_expired=True) == []
@@ -742,7 +751,7 @@ def test_list_bans_reports_every_field(srv, open_client):
 
 
 def test_delete_user(srv, open_client):
-    admin, admin_id = registered(open_client, srv, ADMIN)
+    admin, admin_id = signed_in_admin(open_client, srv)
     victim, victim_id = registered(open_client, srv, "victim", source="127.0.0.2")
     victim_too = open_client(srv, source="127.0.0.3")
     assert victim_too.login("victim", PASSWORD).success
@@ -797,7 +806,7 @@ def test_delete_user(srv, open_client):
 
 
 def test_login_racing_delete_user_does_not_sign_in_the_deleted_account(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     owner, victim_id = registered(open_client, srv, "victim", source="127.0.0.2")
     owner.close()
     racer = open_client(srv, source="127.0.0.3")
@@ -819,7 +828,7 @@ def test_delete_channel(start_server, open_client, tmp_path):
     root = tmp_path / "channels"
     settings = {**ADMIN_SETTINGS, "limits": {"max_thread_subscriptions": 1, "max_channel_subscriptions": 2}}
     srv = start_server(settings, root=root)
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     tech = admin.channel_id("tech")
     general = admin.channel_id("general")
     random_channel = admin.channel_id("random")
@@ -892,7 +901,7 @@ def test_delete_channel(start_server, open_client, tmp_path):
 def test_delete_channel_with_many_threads_and_subscribers(start_server, open_client):
     """A busier channel: many threads and replies, subscribers on several of them."""
     srv = start_server({**ADMIN_SETTINGS, "limits": {"message_rate_limit": 1000}})
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     random_channel = admin.channel_id("random")
     author = open_client(srv, "author", source="127.0.0.2")
     roots = [author.post(random_channel, f"root {n}") for n in range(20)]
@@ -917,7 +926,7 @@ def test_delete_channel_with_many_threads_and_subscribers(start_server, open_cli
 
 
 def test_every_moderation_action_is_logged_with_admin_and_target(srv, open_client):
-    admin, _ = registered(open_client, srv, ADMIN)
+    admin, _ = signed_in_admin(open_client, srv)
     _, victim_id = registered(open_client, srv, "victim", source="127.0.0.2")
     random_channel = admin.channel_id("random")
 

@@ -136,7 +136,9 @@ def test_posts_threads_edits_and_deletes(postgres, database, start_scd, open_cli
 
 def test_data_survives_a_restart_and_a_deleted_seed_channel_stays_deleted(start_scd, open_client):
     server = start_scd()
-    admin = open_client(server, ADMIN, register=True)
+    server.create_admin(ADMIN, pw(ADMIN))
+    admin = open_client(server)
+    assert admin.login(ADMIN, pw(ADMIN)).success
     general, tech = admin.channel_id("general"), admin.channel_id("tech")
     before = [admin.post(general, f"before {number}") for number in range(3)]
     admin.send(m.DeleteChannel(channel_id=tech, reason="unused"))

@@ -100,7 +100,8 @@ def test_offline_users_are_listed_for_admins_only(start_server):
             gone.handshake()
             gone_id = gone.register("departed", pw("departed"))
         plain_id = plain.register("plain", pw("plain"))
-        admin_id = admin.register("root", pw("root"))
+        admin_id = server.create_admin("root", pw("root"))
+        assert admin.login("root", pw("root")).success
         anon.send(m.SetNickname(nickname="anon"))
         anon.expect(m.NicknameResponse)
         for client in (plain, anon):

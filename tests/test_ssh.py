@@ -55,6 +55,15 @@ def tcp_account(server, nickname: str, source: str | None = None) -> tuple[Clien
     return client, client.register(nickname, CLIENT_HASH)
 
 
+def tcp_admin(server, nickname: str, source: str | None = None) -> Client:
+    """A TCP session signed into the admin account ``nickname``, made on the host as the operator makes it."""
+    server.create_admin(nickname, CLIENT_HASH)
+    client = Client(server.port, source=source)
+    client.handshake()
+    assert client.login(nickname, CLIENT_HASH).success
+    return client
+
+
 def assert_refused_at_sign_in(client: Client, stream: OpenSshStream) -> None:
     """OpenSSH was turned away before any session opened."""
     with pytest.raises(ConnectionClosed):
@@ -133,6 +142,37 @@ def test_an_unknown_key_cannot_take_a_registered_name(ssh_server, keys):
     assert_refused_at_sign_in(client, stream)
 
 
+def test_an_unknown_key_cannot_take_a_case_variant_of_a_registered_name(ssh_server, keys):
+    server = ssh_server()
+    tcp_account(server, "bob")
+    key = make_key(keys)
+    for variant in ("Bob", "BOB"):
+        client, stream = ssh_client(server, variant, key, keys / "known_hosts")
+        assert_refused_at_sign_in(client, stream)
+    client, stream = ssh_client(server, "bobby", key, keys / "known_hosts")  # the key itself is welcome
+    try:
+        assert signed_in(client).nickname == "bobby"
+    finally:
+        stream.close()
+
+
+def test_an_unknown_key_cannot_sign_up_under_an_admin_name(ssh_server, keys):
+    server = ssh_server({"server": {"admin_users": ["root", "Chief"]}})
+    key = make_key(keys)
+    for name in ("root", "ROOT", "chief"):  # nobody has these accounts: only the operator may make them
+        client, stream = ssh_client(server, name, key, keys / "known_hosts")
+        assert_refused_at_sign_in(client, stream)
+    # Nor once the operator made an admin account and another admin deleted it.
+    doomed = server.create_admin("root", CLIENT_HASH)
+    chief = tcp_admin(server, "Chief")
+    chief.send(m.DeleteUser(user_id=doomed))
+    assert chief.expect(m.UserDeleted).success
+    client, stream = ssh_client(server, "root", key, keys / "known_hosts")
+    assert_refused_at_sign_in(client, stream)
+    chief.send(m.ListUsers(limit=100, include_offline=True))
+    assert [user.nickname for user in chief.expect(m.UserList).users] == ["Chief"]
+
+
 def test_invalid_user_names_and_passwords_are_refused(ssh_server, keys):
     server = ssh_server()
     client, stream = ssh_client(server, "no spaces!", make_key(keys), keys / "known_hosts")
@@ -179,7 +219,7 @@ def test_a_banned_account_is_told_and_disconnected(ssh_server, keys):
     client, stream = ssh_client(server, "dave", key, keys / "known_hosts")
     signed_in(client)
     stream.close()
-    admin, _ = tcp_account(server, "root")
+    admin = tcp_admin(server, "root")
     admin.send(m.BanUser(nickname="dave", reason="spam", shadowban=False))
     admin.expect(m.UserBanned)
 
@@ -229,7 +269,7 @@ def test_ssh_sign_ups_share_the_registration_budget_of_the_address(ssh_server, k
 
 def test_a_banned_address_is_refused_before_any_account_is_made(ssh_server, keys):
     server = ssh_server({"server": {"admin_users": ["root"]}})
-    admin, _ = tcp_account(server, "root", source="127.0.0.2")
+    admin = tcp_admin(server, "root", source="127.0.0.2")
     admin.send(m.BanIP(ip_cidr="127.0.0.1", reason="abuse"))
     assert admin.expect(m.IPBanned).success
     client, stream = ssh_client(server, "newcomer", make_key(keys), keys / "known_hosts")

@@ -593,12 +593,73 @@ def test_create_user(store):
     assert store.get_user_by_nickname("alice") == user
 
 
-def test_create_user_refuses_a_taken_nickname_case_sensitively(store):
+def test_a_nickname_is_taken_in_every_case(store, db_path):
     alice = store.create_user("alice", "hash", 0)
+    for taken in ("alice", "Alice", "ALICE"):
+        with pytest.raises(NicknameTaken):
+            store.create_user(taken, "other", 1)
+    bob = store.create_user("bob", "hash", 0)
     with pytest.raises(NicknameTaken):
-        store.create_user("alice", "other", 1)
-    assert store.list_users(10) == [alice]
-    assert store.create_user("Alice", "", 0).nickname == "Alice"
+        store.rename_user(bob.id, "aLICE")
+    store.rename_user(alice.id, "Alice")  # its own name in another case
+    assert store.list_users(10) == [replace(alice, nickname="Alice"), bob]
+    assert store.get_user_by_folded_nickname("ALICE") == replace(alice, nickname="Alice")
+    assert store.get_user_by_nickname("ALICE") is None and store.get_user_by_folded_nickname("carol") is None
+    with pytest.raises(sqlite3.IntegrityError):  # the database itself holds the rule
+        sql(db_path, "INSERT INTO User (nickname, password_hash, created_at) VALUES ('BOB', '', 1)")
+    (statement,) = traced(store._reader, lambda: store.get_user_by_folded_nickname("Bob"))
+    assert "USING INDEX idx_user_nickname_folded_unique" in " ".join(plan(db_path, statement))
+
+
+def test_names_alike_but_for_case_from_before_are_named_until_resolved(db_path):
+    """A database of schema 5 could hold alice and Alice: it still opens, and nothing adds another pair."""
+    db_path.parent.mkdir(parents=True)
+    with closing(sqlite3.connect(db_path)) as old, old:
+        for number in range(1, 6):
+            for statement in storage._migration("sqlite", number):
+                old.execute(statement)
+        for nickname in ("alice", "Alice", "bob", "BOB", "Bob", "carol"):
+            old.execute("INSERT INTO User (nickname, password_hash, created_at) VALUES (?, '', 1)", (nickname,))
+        old.execute("PRAGMA user_version = 5")
+
+    def indexes() -> set[str]:
+        return {row[0] for row in sql(db_path, "SELECT name FROM sqlite_master WHERE tbl_name = 'User'"
+                                               " AND name LIKE 'idx_%'")}
+
+    s = Store(db_path)
+    try:
+        assert s.nickname_collisions == [[(1, "alice"), (2, "Alice")], [(3, "bob"), (4, "BOB"), (5, "Bob")]]
+        assert indexes() == {"idx_user_nickname_folded"}
+        with pytest.raises(NicknameTaken):
+            s.create_user("ALICE", "", 0)
+        with pytest.raises(NicknameTaken):
+            s.rename_user(1, "BOb")
+        # The exact spelling first, else the oldest.
+        assert [s.get_user_by_folded_nickname(name).id for name in ("Alice", "ALICE", "Bob", "bOB")] == [2, 1, 5, 3]
+        for user_id in (2, 4, 5):
+            s.delete_user(user_id)
+    finally:
+        s.close()
+    s = Store(db_path)
+    try:
+        assert s.nickname_collisions == []
+        assert indexes() == {"idx_user_nickname_folded_unique"}
+    finally:
+        s.close()
+
+
+def test_claiming_an_account_makes_it_or_takes_it_over(store):
+    made, created, removed = store.claim_account("boss", "first", 1)
+    assert (made.nickname, made.password_hash, made.user_flags, created, removed) == ("boss", "first", 1, True, 0)
+    store.assign_flag(4, ["boss"])
+    for number in range(2):
+        store.add_ssh_key(made.id, f"SHA256:{number}", "ssh-ed25519 A", "ssh-ed25519", None)
+    taken, created, removed = store.claim_account("boss", "second", 1)
+    assert (taken.id, taken.password_hash, taken.user_flags, created, removed) == (made.id, "second", 5, False, 2)
+    assert store.get_user(made.id) == taken and store.list_ssh_keys(made.id) == []
+    with pytest.raises(NicknameTaken):
+        store.claim_account("Boss", "third", 1)
+    assert store.list_users(10) == [taken]
 
 
 def test_assign_flag_gives_it_to_exactly_the_named_users(store):

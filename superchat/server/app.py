@@ -52,6 +52,15 @@ class Server:
         )
         # Admin rights come from the configuration alone: granted and withdrawn at every start.
         store.assign_flag(flags.ADMIN, config.admin_users)
+        for name in config.admin_users:
+            if store.get_user_by_nickname(name) is None:
+                log.info("No account yet for the admin name %s: make it on this host with: scd admin create %s",
+                         name, name)
+        for accounts in store.nickname_collisions:
+            log.warning("Registered nicknames alike but for case: %s; registered names are unique regardless of "
+                        "case, so rename or delete all but one of these accounts (until then their index on "
+                        "the folded name is not unique)",
+                        ", ".join(f"{nickname} (user {user_id})" for user_id, nickname in accounts))
         cluster = (Cluster(config.redis_url, config.node_id, store.claim_node_serial(config.node_id))
                    if config.redis_url else Solo())
         sessions = SessionRegistry(cluster.first_session_id)

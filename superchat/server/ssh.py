@@ -6,10 +6,10 @@ carries exactly the frames a TCP connection carries. The session starts signed i
 server sends SERVER_CONFIG, then AUTH_RESPONSE, unasked.
 
 A key registered to an account signs into that account, whatever user name the client
-gives. An unknown key offered under a user name nobody has registered creates that
-account (SSH-only: no password until the user sets one) and registers the key to it;
-an unknown key for an existing account is refused: keys are added to an account with
-ADD_SSH_KEY by a signed-in user.
+gives. An unknown key offered under a user name nobody has registered (in any case) and
+not reserved for admins creates that account (SSH-only: no password until the user sets
+one) and registers the key to it; an unknown key for an existing account is refused: keys
+are added to an account with ADD_SSH_KEY by a signed-in user.
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from ..protocol import flags, messages
+from ..protocol import messages
 from ..storage import NicknameTaken, SSHKeyExists, StorageError, UserRow
 from .bans import now_ms
 from .context import ServerContext
-from .handlers.accounts import acceptable_nickname, complete_sign_in
+from .handlers.accounts import acceptable_nickname, complete_sign_in, reserved_for_admins
 from .links import RECV_BYTES
 from .outbound import send
 from .passwords import LoginThrottle
@@ -147,9 +147,9 @@ class _Gatekeeper(paramiko.ServerInterface):
         if known is not None:
             self.offer = _Offer(fingerprint, known.user_id, username, key.get_name(), "")
             return paramiko.AUTH_SUCCESSFUL
-        if not self._can_register or not acceptable_nickname(self._ctx, username):
+        if not self._can_register or not acceptable_nickname(self._ctx.config, username):
             return paramiko.AUTH_FAILED
-        if store.get_user_by_nickname(username) is not None:
+        if reserved_for_admins(self._ctx.config, username) or store.get_user_by_folded_nickname(username):
             return paramiko.AUTH_FAILED
         line = f"{key.get_name()} {key.get_base64()}"
         self.offer = _Offer(fingerprint, None, username, key.get_name(), line)
@@ -223,8 +223,7 @@ class SshHandler:
             log.warning("SSH auto-registration refused for %s from %s: rate limit", offer.username, host)
             return None
         try:
-            admin = flags.ADMIN if offer.username in ctx.config.admin_users else 0
-            user = ctx.writer.run(ctx.store.create_user, offer.username, "", admin)
+            user = ctx.writer.run(ctx.store.create_user, offer.username, "", 0)
         except NicknameTaken:  # registered by someone else since the key was checked
             return None
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 
+from ...config import Config
 from ...protocol import ErrorCode, flags, messages
 from ...storage import NicknameTaken, UserRow
 from .. import passwords, presence
@@ -19,6 +20,7 @@ NICKNAME_CHARACTERS = re.compile(r"[A-Za-z0-9_-]+")
 MIN_NICKNAME_BYTES = 3
 # The wire format caps nicknames at 20 bytes whatever the configuration says.
 MAX_NICKNAME_BYTES = 20
+RESERVED_FOR_ADMINS = "Nickname reserved: admin accounts are made by the server operator"
 
 
 def set_nickname(ctx: ServerContext, session: Session, msg) -> None:
@@ -34,27 +36,30 @@ def set_nickname(ctx: ServerContext, session: Session, msg) -> None:
     if not NICKNAME_CHARACTERS.fullmatch(nickname):
         refuse(f"Invalid nickname. Must be {MIN_NICKNAME_BYTES}-{longest} characters, alphanumeric plus - and _")
         return
-    owner = ctx.store.get_user_by_nickname(nickname)
+    owner = ctx.store.get_user_by_folded_nickname(nickname)
     if owner is not None and owner.id != session.user_id:
         refuse("Nickname registered, password required")
         return
     changed = bool(session.nickname) and session.nickname != nickname
     if session.user_id is not None and changed:
+        # Also an admin's own name in another case: the operator spells admin names in admin_users.
+        if reserved_for_admins(ctx.config, nickname):
+            log.warning("Session %d: rename of user %d to %s refused: reserved for admins", session.id,
+                        session.user_id, nickname)
+            refuse(RESERVED_FOR_ADMINS)
+            return
         try:
             ctx.writer.run(ctx.store.rename_user, session.user_id, nickname)
         except NicknameTaken:
             refuse("Nickname already in use")
             return
-        # Admin rights belong to the configured nicknames: a rename gives or takes them at once,
-        # as registering does and as the next start would.
-        admin = nickname in ctx.config.admin_users
-        if bool(session.user_flags & flags.ADMIN) != admin:
+        # Admin rights belong to the configured nicknames, which no rename leads to: renaming an admin
+        # takes them at once, as the next start would.
+        if session.user_flags & flags.ADMIN:
             ctx.writer.run(ctx.store.assign_flag, flags.ADMIN, ctx.config.admin_users)
             for signed_in in ctx.sessions.sessions_of_user(session.user_id):  # this one and any other
-                others = signed_in.user_flags & ~flags.ADMIN
-                signed_in.user_flags = others | flags.ADMIN if admin else others
-            log.info("User %d is %s an admin after renaming to %s", session.user_id,
-                     "now" if admin else "no longer", nickname)
+                signed_in.user_flags &= ~flags.ADMIN
+            log.info("User %d is no longer an admin after renaming to %s", session.user_id, nickname)
     session.nickname = nickname
     log.info("Session %d set nickname: %s", session.id, nickname)
     verb = "changed" if changed else "set"
@@ -76,7 +81,11 @@ def register_user(ctx: ServerContext, session: Session, msg) -> None:
         refuse("Invalid password hash format")
         return
     nickname = session.nickname
-    if ctx.store.get_user_by_nickname(nickname) is not None:
+    if reserved_for_admins(ctx.config, nickname):
+        log.warning("Session %d: registration of %s refused: reserved for admins", session.id, nickname)
+        refuse(RESERVED_FOR_ADMINS)
+        return
+    if ctx.store.get_user_by_folded_nickname(nickname) is not None:
         refuse("Nickname already registered")
         return
     if not ctx.registrations.allow(passwords.LoginThrottle.source(session.host)):
@@ -84,9 +93,8 @@ def register_user(ctx: ServerContext, session: Session, msg) -> None:
         refuse("Too many registrations from your address; try again later")
         return
     stored_hash = passwords.hash_password(msg.password)
-    user_flags = flags.ADMIN if nickname in ctx.config.admin_users else 0
     try:
-        user = ctx.writer.run(ctx.store.create_user, nickname, stored_hash, user_flags)
+        user = ctx.writer.run(ctx.store.create_user, nickname, stored_hash, 0)
     except NicknameTaken:
         refuse("Nickname already registered")
         return
@@ -106,7 +114,9 @@ def auth_request(ctx: ServerContext, session: Session, msg) -> None:
     if wait:
         refuse(f"Too many failed login attempts. Try again in {wait} seconds.")
         return
-    user = ctx.store.get_user_by_nickname(msg.nickname)
+    # A case variant names the account too; upstream clients salt their hash with the name as typed,
+    # so for them only the registered spelling matches the password.
+    user = ctx.store.get_user_by_folded_nickname(msg.nickname)
     if user is not None and not user.password_hash:
         refuse("This account requires SSH authentication. Please connect via SSH.")
         return
@@ -155,9 +165,15 @@ def complete_sign_in(ctx: ServerContext, session: Session, user: UserRow, greeti
     return True
 
 
-def acceptable_nickname(ctx: ServerContext, nickname: str) -> bool:
-    longest = min(MAX_NICKNAME_BYTES, ctx.config.max_nickname_length)
+def acceptable_nickname(config: Config, nickname: str) -> bool:
+    longest = min(MAX_NICKNAME_BYTES, config.max_nickname_length)
     return MIN_NICKNAME_BYTES <= len(nickname.encode()) <= longest and bool(NICKNAME_CHARACTERS.fullmatch(nickname))
+
+
+def reserved_for_admins(config: Config, nickname: str) -> bool:
+    """Named in admin_users, in any case: no network client may make an account of that name.
+    Nicknames are ASCII (NICKNAME_CHARACTERS), so lower() folds them as SQL's lower() does."""
+    return nickname.lower() in {name.lower() for name in config.admin_users}
 
 
 def logout(ctx: ServerContext, session: Session, msg) -> None:
