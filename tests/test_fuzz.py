@@ -31,6 +31,7 @@ SEED = int(os.environ.get("SUPERCHAT_FUZZ_SEED", "13"))
 FRAMES = int(os.environ.get("SUPERCHAT_FUZZ_FRAMES", "24000"))
 WORKERS = 4
 PASSWORD = "5e884898da28047151d0e56f8dc6292773603d0d"
+ADMIN = "fuzzadmin"
 BATCH = 40
 # Frames that may end their connection: DISCONNECT is the client saying goodbye.
 ENDS_CONNECTION = {messages.Disconnect.TYPE}
@@ -38,6 +39,8 @@ ENDS_CONNECTION = {messages.Disconnect.TYPE}
 # What the fuzzers' frames may tell every session.
 NOTICES = (*UNSOLICITED, messages.ChannelCreated, messages.ChannelDeleted)
 CLIENT_TYPES = sorted(code for code in messages.BY_CODE if code < 0x80)
+# No address among them covers 127.0.0.1, and no nickname is the bystander's: an admin fuzzer's
+# bans must not shut out the clients whose service is checked.
 STRINGS = (
     "", "a", "general", "random", "chat", "fuzz", "Fuzz-1", "x" * 20, "x" * 21, "é", "\u202e", "日本語",
     "$admin", "~anon", "0" * 40, "f" * 50, "x" * 4097, "10.9.8.7", "192.0.2.0/24", "2001:db8::/32", "::",
@@ -48,8 +51,11 @@ STRINGS = (
 LARGE = (2**31, 2**32 - 1, 2**63 - 1, 2**63, 2**64 - 1)
 
 
+IDS = (0, 1, 2, 3, 4, 5, 7, 50, 1000, *LARGE)
+
+
 def _ids(rng: random.Random) -> int:
-    return rng.choice((0, 1, 2, 3, 4, 5, 7, 50, 1000, *LARGE, rng.getrandbits(64)))
+    return rng.choice((*IDS, rng.getrandbits(64)))
 
 
 def value_for(codec, rng: random.Random):
@@ -143,8 +149,10 @@ class FuzzConnection:
         self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
         self.decoder = FrameDecoder()
         nickname = f"fuzzer{self.number}"
-        # Odd-numbered fuzzers are registered users, to reach what only those may do.
-        if self.number % 2 == 0:
+        # Fuzzer 0 is the admin, odd-numbered ones are registered users: to reach what only those may do.
+        if self.number == 0:
+            greeting = messages.AuthRequest(nickname=ADMIN, password=PASSWORD),
+        elif self.number % 2 == 0:
             greeting = messages.SetNickname(nickname=nickname),
         elif self.closes == 0:
             greeting = messages.SetNickname(nickname=nickname), messages.RegisterUser(password=PASSWORD)
@@ -158,13 +166,17 @@ class FuzzConnection:
         while True:
             data = self._recv()
             if not data:
+                # Besides DISCONNECT, an admin fuzzer's ban or deletion may expel this fuzzer: the
+                # server then says so with a DISCONNECT of its own.
                 assert ends, f"seed {SEED}: the server closed a connection after {[f.hex() for f in batch]}"
                 self.closes += 1
                 self.sock.close()
                 self._open()
                 return
             for frame in self.decoder.feed(data):
-                if frame.type == messages.Error.TYPE:
+                if frame.type == messages.Disconnect.TYPE:
+                    ends = True
+                elif frame.type == messages.Error.TYPE:
                     code = decode_payload(frame.type, frame.payload).error_code
                     self.errors[code] = self.errors.get(code, 0) + 1
                     assert code != ErrorCode.INTERNAL_ERROR, f"seed {SEED}: ERROR 9000 in {[f.hex() for f in batch]}"
@@ -180,12 +192,20 @@ class FuzzConnection:
 
 
 def test_fuzzed_frames_never_reach_a_traceback_nor_another_client(start_server):
-    server = start_server({"limits": {"message_rate_limit": 65535, "max_connections_per_ip": 255}})
+    server = start_server({"server": {"admin_users": [ADMIN]},
+                           "limits": {"message_rate_limit": 65535, "max_connections_per_ip": 255}})
+    server.create_admin(ADMIN, PASSWORD)
     rng = random.Random(SEED)
     batches = fuzz_batches(rng, FRAMES)
     with Client(server.port, timeout=10) as setup:
-        setup.handshake("fuzzsetup")
+        setup.handshake()
+        setup.register("fuzzsetup", PASSWORD)
         general = setup.channel_id("general")
+        # The bystander's own channel, with an id none of the fuzzers' frames names.
+        setup.send(messages.CreateChannel(name="bystanders", display_name="Bystanders", channel_type=1,
+                                          retention_hours=24))
+        quiet = setup.expect(messages.ChannelCreated).channel_id
+        assert quiet not in IDS, quiet
         # Some messages for the fuzzed ids to find: roots, replies, a deleted one.
         roots = [setup.post(general, f"root {n}") for n in range(5)]
         setup.post(general, "reply", parent_id=roots[0])
@@ -204,7 +224,7 @@ def test_fuzzed_frames_never_reach_a_traceback_nor_another_client(start_server):
                 started = time.monotonic()
                 bystander.send(messages.Ping(timestamp=len(served)))
                 bystander.expect(messages.Pong, skip=NOTICES)
-                bystander.send(messages.PostMessage(channel_id=general, content=f"still here {len(served)}"))
+                bystander.send(messages.PostMessage(channel_id=quiet, content=f"still here {len(served)}"))
                 assert bystander.expect(messages.MessagePosted, skip=NOTICES).success
                 served.append(time.monotonic() - started)
                 time.sleep(0.02)
