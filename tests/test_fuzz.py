@@ -37,7 +37,7 @@ BATCH = 40
 ENDS_CONNECTION = {messages.Disconnect.TYPE}
 
 # What the fuzzers' frames may tell every session.
-NOTICES = (*UNSOLICITED, messages.ChannelCreated, messages.ChannelDeleted)
+NOTICES = (*UNSOLICITED, messages.ChannelCreated, messages.ChannelDeleted, messages.UserDeleted)
 CLIENT_TYPES = sorted(code for code in messages.BY_CODE if code < 0x80)
 # No address among them covers 127.0.0.1, and no nickname is the bystander's: an admin fuzzer's
 # bans must not shut out the clients whose service is checked.
