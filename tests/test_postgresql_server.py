@@ -95,12 +95,13 @@ def roots(client: Client, channel_id: int) -> list:
     return client.expect(m.MessageList).messages
 
 
-def wait_for_blocked_inserts(postgres: PostgresServer, database: str, table: str, count: int) -> None:
-    waiting = ("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-               f""" AND query LIKE 'INSERT INTO "{table}"%'""")
+def wait_for_blocked_writes(postgres: PostgresServer, database: str, count: int, *statements: str) -> None:
+    """Until ``count`` backends wait on a lock, each in a statement starting with one of ``statements``."""
+    starts = " OR ".join(f"query LIKE '{statement}%'" for statement in statements)
+    waiting = f"SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND ({starts})"
     deadline = time.monotonic() + 10
     while query(postgres, database, waiting) != [(count,)]:
-        assert time.monotonic() < deadline, f"{count} inserts into {table} never waited together"
+        assert time.monotonic() < deadline, f"{count} writes never waited together"
         time.sleep(0.02)
 
 
@@ -169,7 +170,7 @@ def test_two_servers_creating_one_channel_at_once(postgres, database, start_scd,
                 for client in (alice, bob):
                     client.send(m.CreateChannel(name=name, display_name=f"#{name}", channel_type=1,
                                                 retention_hours=24))
-                wait_for_blocked_inserts(postgres, database, "Channel", 2)
+                wait_for_blocked_writes(postgres, database, 2, 'INSERT INTO "Channel"')
             blocker.commit()
         replies = sorted((alice.expect(m.ChannelCreated), bob.expect(m.ChannelCreated)), key=lambda r: r.success)
         assert [reply.success for reply in replies] == [False, True]
@@ -186,7 +187,8 @@ def test_two_servers_registering_one_nickname_at_once(postgres, database, start_
             cursor.execute('LOCK TABLE "User" IN SHARE ROW EXCLUSIVE MODE')
             for client in clients:
                 client.send(m.RegisterUser(password=pw("twin")))
-            wait_for_blocked_inserts(postgres, database, "User", 2)
+            # The first waits to insert; the second waits for the nickname lock the first holds.
+            wait_for_blocked_writes(postgres, database, 2, 'INSERT INTO "User"', "SELECT pg_advisory_xact_lock")
         blocker.commit()
     replies = sorted((client.expect(m.RegisterResponse) for client in clients), key=lambda r: r.success)
     assert [reply.success for reply in replies] == [False, True]
