@@ -42,7 +42,7 @@ class Writer:
         if self._pool is None:
             return fn(*args)
         with self._turn:
-            return self._pool.apply(fn, args)
+            return self._on_thread(fn, *args)
 
     def post(self, post: NewPost) -> MessageRow | PostRejected:
         """Commit one post, batched with any that arrive alongside it; returns once durable."""
@@ -75,8 +75,16 @@ class Writer:
         if self._pool is None:
             return self._store.post_messages(posts)
         rows = self._store.insert_posts(posts)
-        self._pool.apply(self._store.commit_posts)
+        self._on_thread(self._store.commit_posts)
         return rows
+
+    def _on_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        # The failure comes back as a value and is raised here: gevent prints the traceback of
+        # every exception raised on a pool's thread, which on a full disk is one for every post.
+        value, failure = self._pool.apply(_outcome, (fn, args))
+        if failure is not None:
+            raise failure
+        return value
 
     def close(self) -> None:
         """Wait for queued writes, then stop the thread."""
@@ -85,3 +93,10 @@ class Writer:
             committer.join()
         if self._pool is not None:
             self._pool.kill()
+
+
+def _outcome(fn: Callable[..., Any], args: tuple) -> tuple[Any, Exception | None]:
+    try:
+        return fn(*args), None
+    except Exception as exc:
+        return None, exc
