@@ -207,7 +207,8 @@ class SshHandler:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             log.info("SSH connection from %s failed: %s", host, exc or type(exc).__name__)
         except StorageError as exc:
-            log.error("SSH connection from %s failed: database error: %s", host, exc)
+            if not self._ctx.writer.disk_space.tells(exc):
+                log.error("SSH connection from %s failed: database error: %s", host, exc)
         finally:
             # The client hangs up once its channel is closed; closing first could reset the
             # connection and lose the last frames still on their way, a refusal among them.
@@ -247,6 +248,6 @@ class SshHandler:
         if not complete_sign_in(ctx, session, user, f"Authenticated via SSH as {user.nickname}"):
             session.finish("account banned")
             return
-        ctx.writer.run(ctx.store.touch_ssh_key, offer.fingerprint, now_ms())
+        ctx.writer.run_if_space(ctx.store.touch_ssh_key, offer.fingerprint, now_ms())
         log.info("Session %d signed in by SSH key as %s (user %d, key %s)", session.id, user.nickname, user.id,
                  offer.fingerprint)
