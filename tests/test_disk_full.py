@@ -18,13 +18,14 @@ import sys
 import time
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from superchat.protocol import ErrorCode
 from superchat.protocol import messages as m
 from superchat.storage import DiskFull, NewPost, Store
 from tests.client import Client
-from tests.server_process import REPO, ServerProcess
+from tests.server_process import REPO, ServerProcess, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -274,4 +275,26 @@ def test_a_full_disk_refuses_each_post_keeps_every_session_and_loses_nothing(sma
     finally:
         for client in clients:
             client.close()
+        server.kill()
+
+
+def test_an_ssh_host_key_the_full_disk_cuts_short_is_not_left_behind(small_disk, tmp_path):
+    # Only the key on the full disk: SQLite cannot open its database on one (no room for its -shm).
+    key = small_disk / "keys" / "ssh_host_key"
+    server = ServerProcess(tmp_path / "scd", {"server": {"ssh_port": free_port(), "ssh_host_key": str(key)}})
+    key.parent.mkdir()
+    filler = fill(small_disk)
+    with pytest.raises(RuntimeError):
+        server.start()
+    assert server.proc.returncode == 1
+    assert [line for line in server.output if line.startswith("scd:")] == [
+        f"scd: cannot start: cannot create SSH host key {key}: No space left on device"]
+    # Neither a key cut short, which would stop every later start, nor the file it was written in.
+    assert list(key.parent.iterdir()) == []
+
+    filler.unlink()
+    server.start()
+    try:
+        assert paramiko.PKey.from_path(key).get_name() == "ssh-ed25519"
+    finally:
         server.kill()
