@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
+from .files import create_whole
 
 __all__ = ["Config", "ConfigError", "SeedChannel", "default_file_text", "directory_address", "load_config"]
 
@@ -409,9 +410,7 @@ def default_file_text() -> str:
 def _write_default_file(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        # "x": never clobber a file another process created meanwhile.
-        with path.open("x", encoding="utf-8") as f:
-            f.write(default_file_text())
+        create_whole(path, default_file_text().encode("utf-8"), 0o666)
     except OSError as e:
         log.warning("cannot write default config %s (%s); using defaults", path, e.strerror or e)
     else:

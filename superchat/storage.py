@@ -203,6 +203,11 @@ class StorageError(Exception):
     pass
 
 
+class DiskFull(StorageError):
+    """The disk under the database (SQLite's file, or the PostgreSQL server's) is full: the write
+    was not made, and one may succeed again once space is freed."""
+
+
 # Migrations are frozen SQL rather than create_table() calls on the models: a step must keep
 # producing the schema of its own version after the models have moved on. Append, never edit.
 # One text serves SQLite and PostgreSQL: identifiers are quoted ("User" is reserved in PostgreSQL),
@@ -729,12 +734,22 @@ def _first_line(exc: Exception) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
+def _storage_error(exc: Exception, text: str = "") -> StorageError:
+    """What the server is told of a driver's error: a full disk under its own name."""
+    driver_error = getattr(exc, "orig", None) or exc  # peewee wraps the driver's error in its own
+    # The low byte of an extended result code is its primary code.
+    full = (isinstance(driver_error, sqlite3.Error)
+            and getattr(driver_error, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
+            or isinstance(driver_error, psycopg2.errors.DiskFull))
+    return (DiskFull if full else StorageError)(text or _first_line(exc))
+
+
 @contextmanager
 def _translated_errors():
     try:
         yield
     except _DRIVER_ERRORS as exc:
-        raise StorageError(_first_line(exc)) from exc
+        raise _storage_error(exc) from exc
 
 
 def _storage_errors() -> Callable[[Callable], Callable]:
@@ -759,7 +774,7 @@ def _storage_errors() -> Callable[[Callable], Callable]:
                 finally:
                     pool.close()
             except _DRIVER_ERRORS as exc:
-                raise StorageError(_first_line(exc)) from exc
+                raise _storage_error(exc) from exc
 
         return call
 
@@ -901,10 +916,19 @@ def _postgresql_url(target: os.PathLike | str) -> str | None:
     return None
 
 
+class _SqliteDatabase(peewee.SqliteDatabase):
+    def rollback(self) -> None:
+        # SQLite has rolled the transaction back itself when its COMMIT failed (a full disk does
+        # that): peewee's ROLLBACK would fail then, its error hiding why the commit failed.
+        conn = self._state.conn
+        if conn is not None and conn.in_transaction:
+            super().rollback()
+
+
 def _open(path: Path, lock_type: str | None = None) -> peewee.SqliteDatabase:
     # thread_safe=False: under gevent's monkey-patching, thread-locals are greenlet-locals and
     # peewee would open one connection per greenlet; we want exactly one per database object.
-    db = peewee.SqliteDatabase(
+    db = _SqliteDatabase(
         str(path),
         pragmas=_PRAGMAS,
         thread_safe=False,
@@ -1016,7 +1040,7 @@ class Store:
             self._pool.close_all()
             if isinstance(exc, _DRIVER_ERRORS):
                 # Under gevent, libpq's reason leaves out which server it could not reach.
-                raise StorageError(f"{self.location}: {_first_line(exc)}") from exc
+                raise _storage_error(exc, f"{self.location}: {_first_line(exc)}") from exc
             raise
 
     def close(self) -> None:

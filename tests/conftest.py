@@ -23,6 +23,14 @@ SQLITE_ONLY = {
     "tests/test_metrics.py::test_the_guides_healthcheck_script_passes_then_fails_on_a_broken_database":
         "deletes the SQLite file",
     "tests/test_server_lifecycle.py::test_retention_removes_expired_threads_at_start": "edits the SQLite file",
+    **{
+        f"tests/test_disk_full.py::{name}": "fills the disk under the SQLite database"
+        for name in (
+            "test_the_store_names_a_full_disk_and_writes_again_once_space_returns",
+            "test_a_checkpoint_the_full_disk_stops_costs_no_commit",
+            "test_a_full_disk_refuses_each_post_keeps_every_session_and_loses_nothing",
+        )
+    },
 }
 
 

@@ -1,5 +1,7 @@
 """Channels, messages, subscriptions and live delivery against the real server."""
 
+import time
+
 import pytest
 
 from superchat.protocol import messages as m
@@ -81,6 +83,22 @@ def test_anonymous_sessions_cannot_create_channels(connect):
     assert not reply.success and "registered" in reply.message
     client.send(m.ListChannels(from_channel_id=0, limit=0))
     assert "newchan" not in {c.name for c in client.expect(m.ChannelList).channels}
+
+
+def test_a_taken_channel_name_is_refused_with_no_traceback_on_the_console(server, connect):
+    client = connect()
+    client.register("founder", "h" * 43)
+    for created in (True, False):
+        client.send(m.CreateChannel(name="taken", display_name="#taken", channel_type=1, retention_hours=24))
+        assert client.expect(m.ChannelCreated).success is created
+    # The name was found taken on SQLite's writer thread, whose failures must not reach standard
+    # error (the journal) as tracebacks.
+    assert server.stop() == 0
+    deadline = time.monotonic() + 5
+    while not any("Graceful shutdown complete" in line for line in server.output):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    assert not any("Traceback" in line for line in server.output), server.output
 
 
 def test_post_refusals(connect):

@@ -8,6 +8,10 @@ The console mirrors server.log.
 Text lines have the shape the operations guide greps and awks:
 ``2025/10/08 14:30:15.123456 [INFO] Connection from 127.0.0.1:5555 session=3``.
 With ``log_format = "json"`` every file and the console carry one JSON object a line instead.
+
+Logging never fails the code that logs. A file that cannot be written (its disk full) keeps its
+warnings and errors and writes them, with their own time, when it can again, followed by one line
+counting the other lines it lost: ``[WARN] 1234 log lines were not written: No space left on device``.
 """
 
 from __future__ import annotations
@@ -207,11 +211,37 @@ class _JournalFormatter(_RenderOnce):
 # after every record (the logging default) made the one-line-per-post log cost as much as
 # committing the post; warnings and errors are still flushed at once.
 FLUSH_SECONDS = 0.05
+# Warnings and errors a log file could not take are kept, up to this many, and written once it
+# takes lines again: on a full disk the line saying so is among them. Other lines are counted.
+HELD_LINES = 1000
 _os_rlock = monkey.get_original("_thread", "RLock")
-_unflushed: set[logging.StreamHandler] = set()
+_unflushed: set[_LineWriter] = set()
+# A line with text no encoding can hold (a lone surrogate) is written with an escape, not dropped.
+_ENCODING = ("utf-8", "backslashreplace")
 
 
-class _BatchedFlush:
+class _LineWriter(logging.Handler):
+    """Writes rendered lines to a file descriptor in batches, and never raises into the code that
+    logged: a log line must not break a session or the server.
+
+    A batch that cannot be written (a full disk, a failing device) is not lost at once: its
+    warnings and errors are kept, the rest counted, and a line cut short is finished first when
+    writing works again. Then come the kept lines, and one line saying how many others were lost
+    and why. Standard error (the journal under systemd) hears once that the target cannot be
+    written and once that it can again, not once a line.
+    """
+
+    def __init__(self, target: str, fd: int, level: int, formatter: logging.Formatter):
+        super().__init__(level)
+        self.setFormatter(formatter)
+        self.target = target
+        self._fd = fd
+        self._pending: list[tuple[int, str]] = []  # (level, line) logged since the last flush
+        self._held: list[tuple[int, str]] = []  # warnings and errors that could not be written
+        self._tail = b""  # the rest of a line a failed write cut short
+        self._lost = 0
+        self._failure: str | None = None  # why writing fails, while it does
+
     def createLock(self) -> None:
         # An OS lock, not gevent's: nothing yields while a line is written, so greenlets of the
         # hub never contend for it, and it still guards against the writer and sampler threads.
@@ -219,26 +249,115 @@ class _BatchedFlush:
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + self.terminator)
+            line = self.format(record) + "\n"
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
             return
+        self._pending.append((record.levelno, line))
         if record.levelno >= logging.WARNING:
             self.flush()
         else:
             _unflushed.add(self)
 
+    def write_line(self, line: str) -> None:
+        """A line of no level (errors.log's start marker), written at once and kept like an error."""
+        self.acquire()
+        try:
+            self._pending.append((logging.CRITICAL, line + "\n"))
+            self.flush()
+        finally:
+            self.release()
+
+    def flush(self) -> None:
+        self.acquire()
+        try:
+            if self._pending or self._held or self._tail or self._lost:
+                self._write_out()
+        finally:
+            self.release()
+
+    def _write_out(self) -> None:
+        # Oldest first: the end of a line cut short, the kept lines, the count of the lost ones.
+        if self._tail:
+            written, error = _write_all(self._fd, self._tail)
+            self._tail = self._tail[written:]
+            if error is not None:
+                self._keep_or_count(self._pending)
+                self._pending = []
+                self._cannot_write(error)
+                return
+        notice_at = len(self._held) if self._lost else -1
+        queue = [*self._held, *([(logging.WARNING, self._lost_notice())] if self._lost else []), *self._pending]
+        self._held, self._pending = [], []
+        written, error = _write_all(self._fd, "".join(line for _, line in queue).encode(*_ENCODING))
+        lost_before, self._lost = self._lost, 0
+        if error is None:
+            if self._failure is not None:
+                self._failure = None
+                _tell_stderr(f"scd: writing {self.target} again")
+            return
+        end = 0
+        for index, (levelno, line) in enumerate(queue):
+            encoded = line.encode(*_ENCODING)
+            start, end = end, end + len(encoded)
+            if end <= written:
+                continue
+            if start < written:
+                self._tail = encoded[written - start:]
+            elif index == notice_at:
+                self._lost += lost_before  # told at the next write, with the lines lost meanwhile
+            else:
+                self._keep_or_count([(levelno, line)])
+        self._cannot_write(error)
+
+    def _keep_or_count(self, lines: list[tuple[int, str]]) -> None:
+        for levelno, line in lines:
+            if levelno >= logging.WARNING and len(self._held) < HELD_LINES:
+                self._held.append((levelno, line))
+            else:
+                self._lost += 1
+
+    def _cannot_write(self, error: OSError) -> None:
+        if self._failure is None:
+            self._failure = error.strerror or str(error)
+            _tell_stderr(f"scd: cannot write {self.target}: {self._failure}; its warnings and errors are kept, "
+                         "the other lines counted, until it can")
+        _unflushed.add(self)  # tried again at the next periodic flush
+
+    def _lost_notice(self) -> str:
+        record = logging.makeLogRecord({
+            "name": log.name, "levelname": "WARNING", "levelno": logging.WARNING,
+            "msg": "%d log lines were not written: %s", "args": (self._lost, self._failure),
+        })
+        return self.format(record) + "\n"
+
+
+def _write_all(fd: int, data: bytes) -> tuple[int, OSError | None]:
+    """Write ``data``; returns how many bytes were written, and the error that stopped it."""
+    view = memoryview(data)
+    written = 0
+    while written < len(data):
+        try:
+            written += os.write(fd, view[written:])
+        except OSError as exc:
+            return written, exc
+    return written, None
+
+
+def _tell_stderr(text: str) -> None:
+    try:
+        os.write(sys.stderr.fileno(), (text + "\n").encode(*_ENCODING))
+    except (OSError, ValueError, AttributeError):  # no standard error to tell, or none that works
+        pass
+
 
 def flush_pending() -> None:
     """Write out what the handlers hold; called every FLUSH_SECONDS and before reopening."""
-    while _unflushed:
-        handler = _unflushed.pop()
-        try:
-            handler.flush()
-        except (OSError, ValueError):  # a file closed under us: its lines went with it
-            pass
+    # Only those waiting now: a handler that cannot write puts itself back, for the next round.
+    for _ in range(len(_unflushed)):
+        _unflushed.pop().flush()
 
 
 def _flush_periodically() -> None:
@@ -247,35 +366,50 @@ def _flush_periodically() -> None:
         flush_pending()
 
 
-class _Console(_BatchedFlush, logging.StreamHandler):
-    pass
+class _Console(_LineWriter):
+    def __init__(self, level: int, formatter: logging.Formatter):
+        super().__init__("standard output", sys.stdout.fileno(), level, formatter)
 
 
-
-class _LogFile(_BatchedFlush, logging.FileHandler):
+class _LogFile(_LineWriter):
     """A log file always written with O_APPEND: after logrotate's copytruncate, writes land at the
     new end of the file instead of leaving a hole of NUL bytes up to the old offset."""
 
     def __init__(self, path: Path, level: int, formatter: logging.Formatter, truncate: bool = False):
+        self.path = path
         self._truncate = truncate
-        super().__init__(path, encoding="utf-8")
-        self.setLevel(level)
-        self.setFormatter(formatter)
+        super().__init__(str(path), self._open(), level, formatter)
 
-    def _open(self):
+    def _open(self) -> int:
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | (os.O_TRUNC if self._truncate else 0)
+        # 0640 as logrotate's `create 640` makes them: peer addresses and nicknames are not for everyone.
+        fd = os.open(self.path, flags, 0o640)
         # Only the start truncates: a reopen after rotation must keep what was written meanwhile.
         self._truncate = False
-        # 0640 as logrotate's `create 640` makes them: peer addresses and nicknames are not for everyone.
-        return open(os.open(self.baseFilename, flags, 0o640), "a", encoding=self.encoding, errors=self.errors)
+        return fd
 
     def reopen(self) -> None:
+        fd = self._open()
         self.acquire()
         try:
-            old, self.stream = self.stream, self._open()
+            old, self._fd = self._fd, fd
+            if self._tail:  # its beginning is in the old file: the rest would start the new one mid-line
+                self._tail = b""
+                self._lost += 1
         finally:
             self.release()
-        old.close()
+        os.close(old)
+
+    def close(self) -> None:
+        self.acquire()
+        try:
+            if self._fd >= 0:
+                self.flush()
+                os.close(self._fd)
+                self._fd = -1
+        finally:
+            self.release()
+        super().close()
 
 
 def _start_marker(log_format: str, formatter: logging.Formatter) -> str:
@@ -319,17 +453,14 @@ def configure(data_dir: Path, debug: bool = False, log_format: str = "text", nod
     level = logging.DEBUG if debug else logging.INFO
     formatter = _formatter(log_format)
     errors = _LogFile(data_dir / ERRORS_LOG, logging.ERROR, formatter)
-    errors.stream.write(_start_marker(log_format, formatter) + "\n")
-    errors.flush()
+    errors.write_line(_start_marker(log_format, formatter))
     files = [_LogFile(data_dir / SERVER_LOG, level, formatter, truncate=True), errors]
     if debug:
         files.append(_LogFile(data_dir / DEBUG_LOG, logging.DEBUG, formatter))
 
-    console = _Console(sys.stdout)
-    console.setLevel(level)
     # systemd sets JOURNAL_STREAM for a service whose stdout goes to the journal.
     journal = bool(os.environ.get("JOURNAL_STREAM"))
-    console.setFormatter(_formatter(log_format, _JournalFormatter if journal else _RenderOnce))
+    console = _Console(level, _formatter(log_format, _JournalFormatter if journal else _RenderOnce))
 
     root = logging.getLogger()
     for handler in root.handlers[:]:
@@ -355,6 +486,6 @@ def reopen() -> None:
             handler.reopen()
         except OSError as exc:
             failed = True
-            log.error("Cannot reopen log file %s: %s", handler.baseFilename, exc.strerror or exc)
+            log.error("Cannot reopen log file %s: %s", handler.path, exc.strerror or exc)
     if not failed:
         log.info("Log files reopened")

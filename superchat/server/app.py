@@ -166,7 +166,8 @@ class Server:
         try:
             removed = ctx.writer.run(ctx.store.delete_expired_messages, int(time.time() * 1000))
         except Exception as exc:
-            log.error("Retention cleanup failed: database error: %s", exc)
+            if not ctx.writer.disk_space.tells(exc):
+                log.error("Retention cleanup failed: database error: %s", exc)
             return
         if removed.messages:
             log.info("Cleaned up %d expired messages", removed.messages)

@@ -297,7 +297,8 @@ class Directory:
             try:
                 self._check_listed_servers()
             except StorageError as exc:
-                log.error("Directory health check failed: database error: %s", exc)
+                if not self._ctx.writer.disk_space.tells(exc):
+                    log.error("Directory health check failed: database error: %s", exc)
 
     def _check_listed_servers(self) -> None:
         """Re-verify every listed server: keep the ones that answer, drop the others and the stale."""

@@ -7,7 +7,7 @@ import logging
 from ..observability import metrics
 from ..protocol import DecodeError, ErrorCode, Frame, InvalidUTF8, PayloadError, messages, type_name
 from ..protocol.fields import STRING, Array, Optional, Trailing
-from ..storage import StorageError
+from ..storage import DiskFull, StorageError
 from .context import ServerContext
 from .handlers import accounts, channels, connection, discovery, keys, moderation, people, posts, readstate
 from .outbound import Refused, send_error
@@ -93,8 +93,10 @@ def dispatch(ctx: ServerContext, session: Session, frame: Frame) -> None:
     # The request is named in lower case: the guide's top-senders recipe greps "POST_MESSAGE"
     # and reads the sender from the fourth field, so only the post log line may carry that word.
     except StorageError as exc:
-        log.error("Session %d: %s failed: database error: %s", session.id, cls.NAME.lower(), exc)
-        send_error(session, ErrorCode.DATABASE_ERROR, "Database error")
+        if not ctx.writer.disk_space.tells(exc):
+            log.error("Session %d: %s failed: database error: %s", session.id, cls.NAME.lower(), exc)
+        text = "Database error: the server's disk is full" if isinstance(exc, DiskFull) else "Database error"
+        send_error(session, ErrorCode.DATABASE_ERROR, text)
     except Exception:
         log.exception("Session %d: %s handler failed", session.id, cls.NAME.lower())
         send_error(session, ErrorCode.INTERNAL_ERROR, "Internal server error")

@@ -15,7 +15,6 @@ are added to an account with ADD_SSH_KEY by a signed-in user.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ..files import create_whole
 from ..protocol import messages
 from ..storage import NicknameTaken, SSHKeyExists, StorageError, UserRow
 from .bans import now_ms
@@ -53,8 +53,14 @@ def load_host_key(path: Path) -> paramiko.PKey:
     Raises OSError when it cannot be read, parsed or created.
     """
     if not path.exists():
-        _create_host_key(path)
-        log.info("Generated SSH host key at %s", path)
+        try:
+            _create_host_key(path)
+        except FileExistsError:  # another server sharing the file made it first: theirs is used
+            pass
+        except OSError as exc:
+            raise OSError(f"cannot create SSH host key {path}: {exc.strerror or exc}") from exc
+        else:
+            log.info("Generated SSH host key at %s", path)
     try:
         return paramiko.PKey.from_path(path)
     except (paramiko.SSHException, ValueError) as exc:
@@ -66,10 +72,7 @@ def _create_host_key(path: Path) -> None:
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     )
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # O_EXCL: two servers starting together must not both write, one over the other's key.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(pem)
+    create_whole(path, pem, 0o600)
 
 
 class SshLink:
@@ -207,7 +210,8 @@ class SshHandler:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             log.info("SSH connection from %s failed: %s", host, exc or type(exc).__name__)
         except StorageError as exc:
-            log.error("SSH connection from %s failed: database error: %s", host, exc)
+            if not self._ctx.writer.disk_space.tells(exc):
+                log.error("SSH connection from %s failed: database error: %s", host, exc)
         finally:
             # The client hangs up once its channel is closed; closing first could reset the
             # connection and lose the last frames still on their way, a refusal among them.
@@ -246,6 +250,6 @@ class SshHandler:
         if not complete_sign_in(ctx, session, user, f"Authenticated via SSH as {user.nickname}"):
             session.finish("account banned")
             return
-        ctx.writer.run(ctx.store.touch_ssh_key, offer.fingerprint, now_ms())
+        ctx.writer.run_if_space(ctx.store.touch_ssh_key, offer.fingerprint, now_ms())
         log.info("Session %d signed in by SSH key as %s (user %d, key %s)", session.id, user.nickname, user.id,
                  offer.fingerprint)

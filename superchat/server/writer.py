@@ -16,6 +16,8 @@ and committed by the greenlet that commits the queue.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +26,37 @@ from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 from gevent.threadpool import ThreadPool
 
-from ..storage import MessageRow, NewPost, PostRejected, Store
+from ..storage import DiskFull, MessageRow, NewPost, PostRejected, Store
+
+log = logging.getLogger("superchat.writer")
+
+
+class DiskSpace:
+    """Says when the database's disk fills up and when it has space again, once each: while it is
+    full every write fails (every post gets ERROR 9001), and a line for each would only fill the
+    log, on the same disk as often as not."""
+
+    def __init__(self) -> None:
+        self._full_since: float | None = None
+
+    def tells(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a full disk, which is then said here (at its first failure), so that
+        the caller says nothing of it."""
+        if not isinstance(exc, DiskFull):
+            return False
+        if self._full_since is None:
+            self._full_since = time.monotonic()
+            log.error("The database's disk is full: writes fail (ERROR 9001) until space is freed: %s", exc)
+        return True
+
+    def post_stored(self) -> None:
+        # Only a post tells that space is back: it always stores something, where another write
+        # may change nothing (a retention sweep that finds nothing expired) and succeed on a disk
+        # that is still full.
+        if self._full_since is not None:
+            log.warning("The database's disk has space again: posts are stored after %.0f s of failed writes",
+                        time.monotonic() - self._full_since)
+            self._full_since = None
 
 
 class Writer:
@@ -35,6 +67,7 @@ class Writer:
         self._turn = Semaphore()
         self._queued: list[tuple[NewPost, AsyncResult]] = []
         self._committer: gevent.Greenlet | None = None
+        self.disk_space = DiskSpace()
 
     def run(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run one write on the writer thread (SQLite) or right here (PostgreSQL); blocks only the
@@ -42,7 +75,15 @@ class Writer:
         if self._pool is None:
             return fn(*args)
         with self._turn:
-            return self._pool.apply(fn, args)
+            return self._on_thread(fn, *args)
+
+    def run_if_space(self, fn: Callable[..., Any], *args: Any) -> None:
+        """A write the request does not depend on (when an account or key was last used): left
+        out while the disk is full, so that signing in still works."""
+        try:
+            self.run(fn, *args)
+        except DiskFull as exc:
+            self.disk_space.tells(exc)
 
     def post(self, post: NewPost) -> MessageRow | PostRejected:
         """Commit one post, batched with any that arrive alongside it; returns once durable."""
@@ -76,6 +117,8 @@ class Writer:
             for entry in batch:
                 self._commit_batch([entry])
         else:
+            if any(isinstance(row, MessageRow) for row in rows):
+                self.disk_space.post_stored()
             for (_, result), row in zip(batch, rows, strict=True):
                 result.set(row)
 
@@ -83,8 +126,16 @@ class Writer:
         if self._pool is None:
             return self._store.post_messages(posts)
         rows = self._store.insert_posts(posts)
-        self._pool.apply(self._store.commit_posts)
+        self._on_thread(self._store.commit_posts)
         return rows
+
+    def _on_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        # The failure comes back as a value and is raised here: gevent prints the traceback of
+        # every exception raised on a pool's thread, which on a full disk is one for every post.
+        value, failure = self._pool.apply(_outcome, (fn, args))
+        if failure is not None:
+            raise failure
+        return value
 
     def close(self) -> None:
         """Wait for queued writes, then stop the thread."""
@@ -93,3 +144,10 @@ class Writer:
             committer.join()
         if self._pool is not None:
             self._pool.kill()
+
+
+def _outcome(fn: Callable[..., Any], args: tuple) -> tuple[Any, Exception | None]:
+    try:
+        return fn(*args), None
+    except Exception as exc:
+        return None, exc

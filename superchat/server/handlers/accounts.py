@@ -153,7 +153,7 @@ def complete_sign_in(ctx: ServerContext, session: Session, user: UserRow, greeti
         return False
     _sign_in(session, user)
     session.shadowbanned = ban is not None
-    ctx.writer.run(ctx.store.touch_user, user.id, now_ms())
+    ctx.writer.run_if_space(ctx.store.touch_user, user.id, now_ms())
     send(session, messages.AuthResponse(
         success=True,
         user_id=user.id,

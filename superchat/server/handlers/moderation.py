@@ -31,7 +31,9 @@ def _audit(ctx: ServerContext, session: Session, action: str, details: str) -> N
     try:
         ctx.writer.run(ctx.store.log_admin_action, session.user_id, session.nickname, action, details)
     except StorageError as exc:
-        log.error("Admin %s: %s not recorded in the audit table: database error: %s", session.nickname, action, exc)
+        if not ctx.writer.disk_space.tells(exc):
+            log.error("Admin %s: %s not recorded in the audit table: database error: %s", session.nickname, action,
+                      exc)
 
 
 def _until(duration_seconds: int | None) -> int | None:
