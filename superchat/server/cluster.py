@@ -187,7 +187,9 @@ class Cluster:
         self._address_updates: dict[str, int] = {}
         self._resync = True
         self._wake = Signal()
-        self._last_seen: dict[str, int] = {}
+        # Per node, the run and sequence number of its last event read: one entry per node, as a
+        # node's new run (a restart) follows its last.
+        self._last_seen: dict[str, tuple[str, int]] = {}
         # Until Redis says where its stream ends: from now on, should it be unreachable at start.
         self._stream_position = f"{time.time_ns() // 1_000_000}-0"
         # Peers are not buried until then: after an outage every heartbeat key has expired at once.
@@ -531,10 +533,11 @@ class Cluster:
         if fields[b"kind"] == b"roster":
             self._apply_roster(json.loads(fields[b"meta"]))
             return
-        run, sequence = fields[b"run"].decode(), int(fields[b"seq"])
-        if sequence <= self._last_seen.get(run, 0):
+        node, run, sequence = fields[b"node"].decode(), fields[b"run"].decode(), int(fields[b"seq"])
+        last_run, last_sequence = self._last_seen.get(node, ("", 0))
+        if run == last_run and sequence <= last_sequence:
             return  # written twice after a failed write
-        self._last_seen[run] = sequence
+        self._last_seen[node] = (run, sequence)
         event = Event(fields[b"kind"].decode(), json.loads(fields[b"meta"]), fields[b"frame"])
         metrics.cluster_events("received", 1)
         if event.kind == "sessions_gone":
@@ -542,7 +545,7 @@ class Cluster:
         try:
             self._apply_remote(event)
         except Exception:
-            log.exception("Cannot apply %s event from node %s", event.kind, fields[b"node"].decode())
+            log.exception("Cannot apply %s event from node %s", event.kind, node)
 
     def _forget_sessions(self, meta: dict) -> None:
         if self._replay is not None:
