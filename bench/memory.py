@@ -143,7 +143,10 @@ def measure(opts: argparse.Namespace, server: MemoryServer, tool: list[str], rec
     heap_before = None
     while not finished.is_set():
         elapsed = time.monotonic() - started
-        sample = {"t": round(elapsed, 1), "rss_kib": server.status_kib("VmRSS"), **metrics_sample(server)}
+        # RssAnon is the heap (Python's and SQLite's); RssFile the mapped files (libraries, the WAL index).
+        sample = {"t": round(elapsed, 1), "rss_kib": server.status_kib("VmRSS"),
+                  "rss_anon_kib": server.status_kib("RssAnon"), "rss_file_kib": server.status_kib("RssFile"),
+                  **metrics_sample(server)}
         record["samples"].append(sample)
         print(format_sample(sample), file=sys.stderr, flush=True)
         if opts.heap_top and heap_before is None and elapsed >= opts.warmup:
@@ -194,17 +197,21 @@ def summarise(opts: argparse.Namespace, record: dict) -> None:
     record["summary"] = summary
 
 
+def _mib(kib: int | None) -> str:
+    return "–" if kib is None else f"{kib / 1024:.1f}"
+
+
 def print_report(record: dict) -> None:
     summary, final = record["summary"], record.get("final", {})
     print(f"scd: {' '.join(record['scd_command'])}")
     print(f"load: {' '.join(record['loadtest_command'])}")
-    print(f"\n{'t (s)':>7} {'RSS (MiB)':>10} {'sessions':>9} {'/metrics (KiB)':>15} {'series':>7} "
-          f"{'delivered series':>17}")
+    print(f"\n{'t (s)':>7} {'RSS (MiB)':>10} {'anon':>6} {'file':>6} {'sessions':>9} {'/metrics (KiB)':>15} "
+          f"{'series':>7} {'delivered series':>17}")
     for s in record["samples"]:
-        rss = "–" if s["rss_kib"] is None else f"{s['rss_kib'] / 1024:.1f}"
+        rss, anon, file = (_mib(s.get(key)) for key in ("rss_kib", "rss_anon_kib", "rss_file_kib"))
         size = "–" if s.get("metrics_bytes") is None else f"{s['metrics_bytes'] / 1024:.1f}"
-        print(f"{s['t']:>7.0f} {rss:>10} {s.get('sessions') or '–'!s:>9} {size:>15} {s.get('series', '–')!s:>7} "
-              f"{s.get('delivered_series', '–')!s:>17}")
+        print(f"{s['t']:>7.0f} {rss:>10} {anon:>6} {file:>6} {s.get('sessions') or '–'!s:>9} {size:>15} "
+              f"{s.get('series', '–')!s:>7} {s.get('delivered_series', '–')!s:>17}")
     if "rss_after_warmup_kib" in summary:
         low, high = summary["rss_range_after_warmup_kib"]
         print(f"\nRSS after the {summary['warmup_seconds']:g} s warm-up: "
