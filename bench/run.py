@@ -111,6 +111,8 @@ class Server:
         self.port = port
         self.metrics_port = metrics_port
         self.log_path = root / "server.log"
+        # Settings of this run's own, as SUPERCHAT_* variables, over SCD_LIMITS.
+        self.env: dict[str, str] = {}
         self.proc: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
@@ -126,6 +128,7 @@ class Server:
         env.update(HOME=str(self.root), XDG_DATA_HOME=str(self.root / "data"), PYTHONUNBUFFERED="1")
         if self.kind == "scd":
             env.update(SCD_LIMITS)
+            env.update(self.env)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.command(), cwd=self.root, env=env, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, preexec_fn=_raise_open_files,

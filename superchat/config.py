@@ -85,6 +85,7 @@ class Config:
     pprof_port: int
     pprof_bind: str
     log_format: str
+    max_thread_series: int
     # [cluster]
     redis_url: str
     node_id: str
@@ -365,6 +366,8 @@ _KEYS: tuple[_Key, ...] = (
     _Key("observability", "pprof_port", INT, 6060, "Port of /debug/pprof/ (0 = any free port).", 0, _U16),
     _Key("observability", "pprof_bind", STR, "127.0.0.1", "Address of the profiling server; keep it internal."),
     _Key("observability", "log_format", LOG_FORMAT, "text", "Log line format: text or json (one object a line)."),
+    _Key("observability", "max_thread_series", INT, 1000,
+         "Series naming a thread in each per-thread metric; the rest count under thread_id=\"other\".", 0),
     _Key("cluster", "redis_url", REDIS_URL, "",
          "Redis shared by the nodes of one server (redis://host:6379/0); empty = a single node."),
     _Key("cluster", "node_id", STR, "", "This node's name in /health, metrics and logs; empty = hostname:tcp_port."),

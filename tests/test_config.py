@@ -73,6 +73,7 @@ def assert_defaults(c: Config, home: Path):
     assert c.server_name == "SuperChat Server"
     assert c.server_description == "A SuperChat community server"
     assert c.max_users == 0
+    assert c.max_thread_series == 1000
     assert c.data_dir == home / ".local" / "share" / "superchat"
     assert c.debug is False
     assert c.announce_to == ()
@@ -308,6 +309,7 @@ def test_empty_database_path_in_file_means_data_dir(home, cfg_file, tmp_path):
         ("SUPERCHAT_DISCOVERY_SERVER_NAME", "Env Name", "server_name", "Env Name"),
         ("SUPERCHAT_DISCOVERY_SERVER_DESCRIPTION", "Env desc", "server_description", "Env desc"),
         ("SUPERCHAT_DISCOVERY_MAX_USERS", "1000", "max_users", 1000),
+        ("SUPERCHAT_OBSERVABILITY_MAX_THREAD_SERIES", "0", "max_thread_series", 0),
     ],
 )
 def test_env_overrides_file(home, cfg_file, var, value, field, expected):
@@ -478,6 +480,7 @@ def test_config_path_that_is_a_directory(home, tmp_path):
         ("SUPERCHAT_LIMITS_SESSION_TIMEOUT_SECONDS", "0", "must be at least 1, got 0"),
         ("SUPERCHAT_DISCOVERY_DIRECTORY_ENABLED", "maybe", "expected true/false/1/0/yes/no, got 'maybe'"),
         ("SUPERCHAT_DISCOVERY_MAX_USERS", "4294967296", "must be between 0 and 4294967295, got 4294967296"),
+        ("SUPERCHAT_OBSERVABILITY_MAX_THREAD_SERIES", "-1", "must be at least 0, got -1"),
     ],
 )
 def test_bad_env_value(home, var, value, expected):

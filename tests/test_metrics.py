@@ -174,9 +174,61 @@ def test_subscriber_gauges_follow_subscriptions_and_do_not_pile_up(server):
         time.sleep(0.05)
 
 
-def test_promtool_finds_no_problem_in_the_exposition(server):
+def promtool_problems(exposition: bytes) -> str:
     promtool = shutil.which("promtool")
     assert promtool, "promtool (Debian package prometheus) is required"
+    result = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=30)
+    return "" if result.returncode == 0 and not (result.stdout + result.stderr).strip() else (
+        f"exit {result.returncode}: " + result.stdout.decode() + result.stderr.decode())
+
+
+def samples_of(families: dict, name: str, sample: str) -> dict[tuple[str, ...], float]:
+    return {tuple(sorted(s.labels.items())): s.value for s in families[name].samples if s.name == sample}
+
+
+def test_thread_series_are_capped_and_what_they_leave_counts_under_other(start_server):
+    server = start_server({"observability": {"max_thread_series": 3}, "limits": {"message_rate_limit": 1000}})
+    with Client(server.port) as author, Client(server.port) as reader, Client(server.port) as second:
+        author.handshake("author")
+        reader.handshake("reader")
+        second.handshake("second")
+        general, tech = author.channel_id("general"), author.channel_id("tech")
+        # Nobody follows the channels themselves: only the replies are delivered, one per reply.
+        g1, g2, g3 = (author.post(general, f"general thread {n}") for n in range(3))
+        t1, t2 = (author.post(tech, f"tech thread {n}") for n in range(2))
+        for thread in (g1, g2, g3, t1, t2):
+            reader.subscribe_thread(thread)
+        for thread in (g3, t2):
+            second.subscribe_thread(thread)
+        # Least recently delivered to leaves first: g1, then g2, then g3 (g2 comes back on its own).
+        for thread, replies in ((g1, 1), (g2, 2), (g3, 3), (t1, 4), (t2, 5), (g2, 1)):
+            for n in range(replies):
+                author.post(general if thread in (g1, g2, g3) else tech, f"reply {n}", parent_id=thread)
+                for client in (reader, second) if thread in (g3, t2) else (reader,):
+                    assert client.expect(m.NewMessage).parent_id == thread
+        status, _, body = server.http_get("/metrics")
+    assert status == 200
+    families = {family.name: family for family in text_string_to_metric_families(body.decode())}
+
+    delivered = samples_of(families, "superchat_messages_delivered", "superchat_messages_delivered_total")
+    assert delivered == {
+        (("channel_id", str(general)), ("thread_id", "other")): 1 + 2 + 2 * 3,  # g1, g2 before it came back, g3
+        (("channel_id", str(general)), ("thread_id", str(g2))): 1,
+        (("channel_id", str(tech)), ("thread_id", str(t1))): 4,
+        (("channel_id", str(tech)), ("thread_id", str(t2))): 2 * 5,
+    }
+    assert sum(delivered.values()) == 1 + 2 + 2 * 3 + 4 + 2 * 5 + 1  # every delivery, once
+
+    subscribers = samples_of(families, "superchat_thread_subscribers", "superchat_thread_subscribers")
+    assert len(subscribers) == 3 + 1
+    assert subscribers[(("thread_id", str(g3)),)] == subscribers[(("thread_id", str(t2)),)] == 2
+    assert sum(subscribers.values()) == 5 + 2
+    assert subscribers[(("thread_id", "other"),)] == 2  # two of the threads followed by one session only
+
+    assert promtool_problems(body) == ""
+
+
+def test_promtool_finds_no_problem_in_the_exposition(server):
     with Client(server.port) as client:
         client.handshake("linted")
         general = client.channel_id("general")
@@ -185,9 +237,7 @@ def test_promtool_finds_no_problem_in_the_exposition(server):
         client.expect(m.NewMessage)
         status, _, body = server.http_get("/metrics")
     assert status == 200
-    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
-    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
-    assert result.stdout.decode().strip() == "" and result.stderr.decode().strip() == ""
+    assert promtool_problems(body) == ""
 
 
 def test_health_reports_the_guides_fields(server):

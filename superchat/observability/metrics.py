@@ -2,16 +2,23 @@
 
 Names, labels and buckets follow the operations guide. The server feeds them from a
 few points of truth: a session opened or closed, a frame in, a frame out, a
-broadcast, a subscription changed.
+broadcast, a subscription changed. The per-thread metrics have at most
+``max_thread_series`` series naming a thread each, and a thread_id="other" series for the rest,
+so that neither memory nor a scrape grows with the threads a server has seen.
 """
 
 from __future__ import annotations
 
 import gc
+import heapq
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from operator import itemgetter
 
 from gevent import monkey
 from greenlet import greenlet
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, disable_created_metrics, values
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 # Every metric value guards itself with threading.Lock, which gevent's patching turns into a
 # lock written in Python; at several updates per post that was a tenth of the server's time.
@@ -29,11 +36,7 @@ SESSIONS_DISCONNECTED = Counter("superchat_sessions_disconnected", "Total sessio
 MESSAGES_RECEIVED = Counter("superchat_messages_received", "Messages received from clients by type", ["type"])
 MESSAGES_SENT = Counter("superchat_messages_sent", "Messages sent to clients by type", ["type"])
 MESSAGES_BROADCAST = Counter("superchat_messages_broadcast", "Unique messages broadcast (not deliveries)")
-MESSAGES_DELIVERED = Counter(
-    "superchat_messages_delivered", "Message deliveries to clients", ["channel_id", "thread_id"]
-)
 CHANNEL_SUBSCRIBERS = Gauge("superchat_channel_subscribers", "Active subscribers per channel", ["channel_id"])
-THREAD_SUBSCRIBERS = Gauge("superchat_thread_subscribers", "Active subscribers per thread", ["thread_id"])
 BROADCAST_FANOUT = Histogram(
     "superchat_broadcast_fanout", "Recipients per broadcast message", ["type"], buckets=FANOUT_BUCKETS
 )
@@ -117,20 +120,124 @@ def frames_sent(type_name: str, count: int = 1) -> None:
         child.inc(count)
 
 
+# The label value of the series that stand for the threads left without one of their own.
+OTHER_THREADS = "other"
+
+
+class _DeliveriesByThread:
+    """superchat_messages_delivered_total{channel_id, thread_id}, in bounded memory.
+
+    Root posts count in their channel's series with an empty thread_id; replies in their
+    thread's series, of which at most ``limit`` exist. Threads keep coming for as long as the
+    server runs, so past the limit the thread series least recently delivered to leaves, as does
+    the series of a thread that expired; its count moves to its channel's thread_id="other".
+
+    Why this keeps Prometheus right. The sum over every series, and over each channel's, is the
+    number of deliveries at every scrape and never falls, so totals built from the metric hold.
+    "other" never falls either: it gains the count of each series that leaves, and nothing else.
+    A thread delivered to again starts a new series at zero rather than taking its count back out
+    of "other": that would make "other" fall, and rate() reads a fall as a reset and counts the
+    whole value again. What "other" gains was already counted by rate() of the series that left,
+    so rates leave it out: ``sum(rate(superchat_messages_delivered_total{thread_id!="other"}[5m]))``.
+    That holds while the threads delivered to within one rate window fit in the limit; past it a
+    series can leave and come back within the window, and rate() reads its old and new counts as
+    one series.
+    """
+
+    def __init__(self) -> None:
+        self.limit: int | None = None
+        self._roots: dict[int, float] = {}
+        # thread id -> [channel id, deliveries], least recently delivered to first.
+        self._threads: OrderedDict[int, list] = OrderedDict()
+        self._moved: dict[int, float] = {}
+
+    def add(self, channel_id: int, thread_id: int | None, recipients: int) -> None:
+        if thread_id is None:
+            self._roots[channel_id] = self._roots.get(channel_id, 0) + recipients
+            return
+        entry = self._threads.get(thread_id)
+        if entry is None:
+            entry = self._threads[thread_id] = [channel_id, 0]
+            if self.limit is not None and len(self._threads) > self.limit:
+                self._move_to_other(self._threads.popitem(last=False)[1])
+        else:
+            self._threads.move_to_end(thread_id)
+        entry[1] += recipients
+
+    def thread_gone(self, thread_id: int) -> None:
+        entry = self._threads.pop(thread_id, None)
+        if entry is not None:
+            self._move_to_other(entry)
+
+    def _move_to_other(self, entry: list) -> None:
+        channel_id, deliveries = entry
+        self._moved[channel_id] = self._moved.get(channel_id, 0) + deliveries
+
+    def describe(self):
+        yield CounterMetricFamily("superchat_messages_delivered", "Message deliveries to clients",
+                                  labels=["channel_id", "thread_id"])
+
+    def collect(self):
+        family = next(self.describe())
+        for channel_id, deliveries in self._roots.items():
+            family.add_metric([str(channel_id), ""], deliveries)
+        for thread_id, (channel_id, deliveries) in self._threads.items():
+            family.add_metric([str(channel_id), str(thread_id)], deliveries)
+        for channel_id, deliveries in self._moved.items():
+            family.add_metric([str(channel_id), OTHER_THREADS], deliveries)
+        yield family
+
+
+class _ThreadSubscribers:
+    """superchat_thread_subscribers{thread_id}, read from the sessions at each scrape: the ``limit``
+    threads with the most subscribers have a series each, and thread_id="other" holds the
+    subscribers of the rest, so the sum over the series is every thread subscription."""
+
+    def __init__(self) -> None:
+        self.limit: int | None = None
+        self.counts: Callable[[], Iterable[tuple[int, int]]] = tuple
+
+    def describe(self):
+        yield GaugeMetricFamily("superchat_thread_subscribers", "Active subscribers per thread", labels=["thread_id"])
+
+    def collect(self):
+        family = next(self.describe())
+        counts = list(self.counts())
+        shown = counts if self.limit is None or len(counts) <= self.limit else heapq.nlargest(
+            self.limit, counts, key=itemgetter(1))
+        for thread_id, subscribers in shown:
+            family.add_metric([str(thread_id)], subscribers)
+        if len(shown) < len(counts):
+            family.add_metric([OTHER_THREADS], sum(n for _, n in counts) - sum(n for _, n in shown))
+        yield family
+
+
+_deliveries = _DeliveriesByThread()
+_thread_subscribers = _ThreadSubscribers()
+REGISTRY.register(_deliveries)
+REGISTRY.register(_thread_subscribers)
+
+
+def cap_thread_series(limit: int) -> None:
+    """At most ``limit`` series naming a thread in each per-thread metric."""
+    _deliveries.limit = _thread_subscribers.limit = limit
+
+
+def count_thread_subscribers(counts: Callable[[], Iterable[tuple[int, int]]]) -> None:
+    """Where superchat_thread_subscribers comes from: (thread id, subscriber count) of every
+    thread with subscribers, read when scraped rather than kept per thread."""
+    _thread_subscribers.counts = counts
+
+
 _fanout: dict[str, Histogram] = {}
 _broadcast_duration: dict[str, Histogram] = {}
-_delivered: dict[tuple[int, int | None], Counter] = {}
 
 
 def message_broadcast(kind: str, channel_id: int, thread_id: int | None, recipients: int, seconds: float) -> None:
     """One new message delivered to ``recipients`` sessions; ``kind`` is "channel" or "thread"."""
     MESSAGES_BROADCAST.inc()
     if recipients:
-        key = (channel_id, thread_id)
-        child = _delivered.get(key)
-        if child is None:
-            child = _delivered[key] = MESSAGES_DELIVERED.labels(str(channel_id), _thread_label(thread_id))
-        child.inc(recipients)
+        _deliveries.add(channel_id, thread_id, recipients)
     fanout = _fanout.get(kind)
     if fanout is None:
         fanout = _fanout[kind] = BROADCAST_FANOUT.labels(kind)
@@ -143,20 +250,10 @@ def channel_subscribers(channel_id: int, count: int) -> None:
     _set_or_drop(CHANNEL_SUBSCRIBERS, str(channel_id), count)
 
 
-def thread_subscribers(thread_id: int, count: int) -> None:
-    _set_or_drop(THREAD_SUBSCRIBERS, str(thread_id), count)
-
-
 def threads_expired(threads) -> None:
-    """Drop the delivery series of (channel_id, thread_id) threads that no longer exist."""
-    for channel_id, thread_id in threads:
-        _delivered.pop((channel_id, thread_id), None)
-        _remove(MESSAGES_DELIVERED, str(channel_id), str(thread_id))
-
-
-def _thread_label(thread_id: int | None) -> str:
-    # Root posts are broadcast to the channel: they carry an empty thread label.
-    return "" if thread_id is None else str(thread_id)
+    """(channel_id, thread_id) threads that no longer exist: their delivery counts move to "other"."""
+    for _, thread_id in threads:
+        _deliveries.thread_gone(thread_id)
 
 
 def _set_or_drop(gauge: Gauge, label: str, count: int) -> None:

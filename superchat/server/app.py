@@ -64,6 +64,8 @@ class Server:
         cluster = (Cluster(config.redis_url, config.node_id, store.claim_node_serial(config.node_id))
                    if config.redis_url else Solo())
         sessions = SessionRegistry(cluster.first_session_id)
+        metrics.cap_thread_series(config.max_thread_series)
+        metrics.count_thread_subscribers(sessions.thread_subscriber_counts)
         bans = BanList(store)
         self.ctx = ServerContext(
             config=config,

@@ -6,8 +6,10 @@ for a while resumes where it left off and its clients miss nothing. While Redis 
 events a node emits wait in its outbox and are written when Redis is back.
 
 Who is online is kept per node in Redis (a roster hash and connection counts per address)
-next to a heartbeat key with an expiry: when a node dies its key expires, a surviving node
-announces that its sessions left, and the roster no longer lists them.
+next to a heartbeat key with an expiry: when a node dies its key expires, and a surviving node
+buries it: in one step it takes the node out of the node set, deletes its roster and writes its
+departure to the stream. Every node drops a peer and its sessions together, when it reads that
+departure, so /health never lists a node whose users have left, nor the other way round.
 
 ``Solo`` stands in when no Redis is configured: a single node, with nothing shared.
 """
@@ -67,14 +69,20 @@ end
 return 1
 """
 
-# The first node to find a peer's heartbeat expired takes its roster away, all at once, unless
-# the peer came back meanwhile: then it keeps its place and nothing is announced.
+# The first node to find a peer's heartbeat expired (or a node leaving, for itself) takes it out
+# of the node set, deletes its roster and writes its departure, unless the peer came back
+# meanwhile: then it keeps its place and nothing is announced. All in one step: a node that reads
+# the departure finds the roster gone, and a burier dying half-way cannot leave it untold.
+# Returns how many sessions the node had. ARGV: node, burier's node and run, stream length.
 _BURY_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return false end
 if redis.call('SREM', KEYS[2], ARGV[1]) == 0 then return false end
 local entries = redis.call('HVALS', KEYS[3])
 redis.call('DEL', KEYS[3], KEYS[4])
-return entries
+local meta = '{"node":' .. cjson.encode(ARGV[1]) .. ',"sessions":[' .. table.concat(entries, ',') .. ']}'
+redis.call('XADD', KEYS[5], 'MAXLEN', '~', ARGV[4], '*', 'node', ARGV[2], 'run', ARGV[3], 'seq', 0,
+           'kind', 'node_gone', 'meta', meta, 'frame', '')
+return #entries
 """
 
 
@@ -167,7 +175,7 @@ class Cluster:
         )
         self._redis = redis.Redis(connection_pool=pool)
         self._window = self._redis.register_script(_WINDOW_SCRIPT)
-        self._take_roster = self._redis.register_script(_BURY_SCRIPT)
+        self._bury_script = self._redis.register_script(_BURY_SCRIPT)
         self._alive_key = _alive_key(node_id)
         # Tells this run's events from an earlier run's of the same node id (for de-duplication).
         self._incarnation = secrets.token_hex(8)
@@ -179,12 +187,18 @@ class Cluster:
         self._address_updates: dict[str, int] = {}
         self._resync = True
         self._wake = Signal()
-        self._last_seen: dict[str, int] = {}
+        # Per node, the run and sequence number of its last event read: one entry per node, as a
+        # node's new run (a restart) follows its last.
+        self._last_seen: dict[str, tuple[str, int]] = {}
         # Until Redis says where its stream ends: from now on, should it be unreachable at start.
         self._stream_position = f"{time.time_ns() // 1_000_000}-0"
         # Peers are not buried until then: after an outage every heartbeat key has expired at once.
         self._bury_after = 0.0
+        # The other nodes, from when a heartbeat finds them alive until they are buried or leave.
         self.peers: tuple[str, ...] = ()
+        # Peers dropped so far: a heartbeat that saw a peer alive before it was buried must not
+        # take it back in.
+        self._departures = 0
         # Why Redis is unusable right now, or None.
         self.problem: str | None = None
         # Session ids from a range of this node's own.
@@ -253,14 +267,9 @@ class Cluster:
         self._redis.close()
 
     def _leave(self) -> None:
-        entries = self._redis.hvals(_roster_key(self.node_id))
-        pipe = self._redis.pipeline()
-        pipe.delete(self._alive_key, _roster_key(self.node_id), _addresses_key(self.node_id))
-        pipe.srem(NODES, self.node_id)
-        pipe.execute()
-        if entries:
-            sessions = [json.loads(entry) for entry in entries]
-            self._write_now(Event("sessions_gone", {"node": self.node_id, "sessions": sessions}))
+        """Buries this node itself: the others drop it and its sessions at once."""
+        self._redis.delete(self._alive_key)
+        self._bury_node(self.node_id)
 
     # -- what handlers and the transport call -------------------------------------------------
 
@@ -442,10 +451,6 @@ class Cluster:
             self._outbox.popleft()
         metrics.cluster_events("published", len(batch))
 
-    def _write_now(self, event: Event) -> None:
-        self._redis.xadd(STREAM, self._fields(event), maxlen=STREAM_MAX_ENTRIES, approximate=True)
-        metrics.cluster_events("published", 1)
-
     def _fields(self, event: Event) -> dict:
         self._sequence += 1
         return {"node": self.node_id, "run": self._incarnation, "seq": self._sequence, "kind": event.kind,
@@ -518,15 +523,21 @@ class Cluster:
             self._missed()
 
     def _receive(self, fields: dict) -> None:
+        if fields[b"kind"] == b"node_gone":
+            # Written by the burial itself, once, by whichever node buried: every node applies
+            # it here, the burier too, in its place among the buried node's last events.
+            self._node_gone(json.loads(fields[b"meta"]))
+            return
         if fields[b"node"].decode() == self.node_id and fields[b"run"].decode() == self._incarnation:
             return
         if fields[b"kind"] == b"roster":
             self._apply_roster(json.loads(fields[b"meta"]))
             return
-        run, sequence = fields[b"run"].decode(), int(fields[b"seq"])
-        if sequence <= self._last_seen.get(run, 0):
+        node, run, sequence = fields[b"node"].decode(), fields[b"run"].decode(), int(fields[b"seq"])
+        last_run, last_sequence = self._last_seen.get(node, ("", 0))
+        if run == last_run and sequence <= last_sequence:
             return  # written twice after a failed write
-        self._last_seen[run] = sequence
+        self._last_seen[node] = (run, sequence)
         event = Event(fields[b"kind"].decode(), json.loads(fields[b"meta"]), fields[b"frame"])
         metrics.cluster_events("received", 1)
         if event.kind == "sessions_gone":
@@ -534,7 +545,7 @@ class Cluster:
         try:
             self._apply_remote(event)
         except Exception:
-            log.exception("Cannot apply %s event from node %s", event.kind, fields[b"node"].decode())
+            log.exception("Cannot apply %s event from node %s", event.kind, node)
 
     def _forget_sessions(self, meta: dict) -> None:
         if self._replay is not None:
@@ -542,6 +553,25 @@ class Cluster:
         sessions = self._remote.get(meta["node"], {})
         for entry in meta["sessions"]:
             sessions.pop(entry["session_id"], None)
+
+    def _node_gone(self, meta: dict) -> None:
+        """A node was buried or left: it leaves the peers and its sessions the roster at the same
+        moment, then this node's sessions are told its users left."""
+        self._drop_peer({"node": meta["node"]})
+        try:
+            self._apply_remote(Event("node_gone", meta))
+        except Exception:
+            log.exception("Cannot tell this node's sessions that node %s's sessions left", meta["node"])
+
+    def _drop_peer(self, meta: dict) -> None:
+        if self._replay is not None:
+            self._replay.append((self._drop_peer, meta))
+        node = meta["node"]
+        self._remote.pop(node, None)
+        if node in self.peers:
+            self.peers = tuple(peer for peer in self.peers if peer != node)
+            self._departures += 1
+            metrics.cluster_peers(len(self.peers))
 
     def _heartbeat_loop(self) -> None:
         while True:
@@ -554,6 +584,7 @@ class Cluster:
             gevent.sleep(HEARTBEAT_SECONDS)
 
     def _heartbeat(self) -> None:
+        departures = self._departures
         pipe = self._redis.pipeline(transaction=False)
         pipe.set(self._alive_key, self._incarnation, ex=NODE_TTL_SECONDS, get=True)
         pipe.sadd(NODES, self.node_id)
@@ -572,31 +603,39 @@ class Cluster:
         for other in others:
             pipe.exists(_alive_key(other))
         alive = pipe.execute() if others else []
-        self.peers = tuple(node for node, is_alive in zip(others, alive, strict=True) if is_alive)
+        living = [node for node, is_alive in zip(others, alive, strict=True) if is_alive]
+        # Read before a departure this node applied meanwhile: the departed may be listed as alive.
+        outdated = self._departures != departures
+        # A peer missing from the node set was buried, or left: its departure is in the stream
+        # already (it went in with the burial), and tells this node's sessions when read.
+        for node in self.peers:
+            if node not in others:
+                self._drop_peer({"node": node})
+        joined = [] if outdated else [node for node in living if node not in self.peers]
+        if joined:
+            self.peers = tuple(sorted((*self.peers, *joined)))
         metrics.cluster_peers(len(self.peers))
         if time.monotonic() < self._bury_after:
             return
         for node in others:
-            if node not in self.peers:
+            if node not in living:
                 self._bury(node)
 
     def _bury(self, node: str) -> None:
-        """A node whose heartbeat expired: the first node to notice tells everyone its sessions left."""
-        roster = self._take_roster(keys=[_alive_key(node), NODES, _roster_key(node), _addresses_key(node)],
-                                   args=[node])
-        if roster is None:
-            return  # another node got there first, or it is back
-        entries = [json.loads(raw) for raw in roster]
-        log.warning("Node %s stopped answering; %d of its sessions left the roster", node, len(entries))
-        if entries:
-            # Told to the others first: once the roster is taken, no other node can tell them.
-            event = Event("sessions_gone", {"node": node, "sessions": entries})
-            self.publish(event)
-            self._forget_sessions(event.meta)
-            try:
-                self._apply_remote(event)
-            except Exception:
-                log.exception("Cannot tell this node's sessions that node %s's sessions left", node)
+        """A node whose heartbeat expired: the first node to notice buries it. It stays a peer of
+        every node, this one too, until its departure is read from the stream."""
+        sessions = self._bury_node(node)
+        if sessions is not None:
+            log.warning("Node %s stopped answering; %d of its sessions left the roster", node, sessions)
+
+    def _bury_node(self, node: str) -> int | None:
+        """How many sessions the buried node had; None when another node got there first, or it is back."""
+        sessions = self._bury_script(
+            keys=[_alive_key(node), NODES, _roster_key(node), _addresses_key(node), STREAM],
+            args=[node, self.node_id, self._incarnation, STREAM_MAX_ENTRIES])
+        if sessions is not None:
+            metrics.cluster_events("published", 1)
+        return sessions
 
     def _reachable(self) -> None:
         if self.problem is not None:

@@ -204,7 +204,8 @@ def _threads_expired(ctx: ServerContext, event: Event, *_: Session | None) -> in
 
 
 def _sessions_gone(ctx: ServerContext, event: Event, *_: Session | None) -> int:
-    """A node died: its sessions leave every roster and channel they were seen in."""
+    """A node's sessions are gone (it died or left, or these are its previous run's): they leave
+    every roster and channel they were seen in."""
     count = 0
     for entry in event.meta["sessions"]:
         if entry["session_id"] in ctx.sessions.by_id:
@@ -233,4 +234,5 @@ _APPLIERS: dict[str, Callable[[ServerContext, Event, Session | None, Session | N
     "bans_lifted": _bans_lifted,
     "threads_expired": _threads_expired,
     "sessions_gone": _sessions_gone,
+    "node_gone": _sessions_gone,
 }

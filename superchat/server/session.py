@@ -216,7 +216,7 @@ class SessionRegistry:
         else:
             self._per_address.pop(host, None)
         for thread_id in session.threads:
-            self._drop_thread_subscriber(thread_id, session)
+            _discard(self._thread_subscribers, thread_id, session)
         for channel_id in session.channels:
             self._drop_channel_subscriber(channel_id, session)
         if session.joined_channel is not None:
@@ -260,13 +260,11 @@ class SessionRegistry:
 
     def subscribe_thread(self, session: Session, thread_id: int) -> None:
         session.threads.add(thread_id)
-        subscribers = self._thread_subscribers.setdefault(thread_id, set())
-        subscribers.add(session)
-        metrics.thread_subscribers(thread_id, len(subscribers))
+        self._thread_subscribers.setdefault(thread_id, set()).add(session)
 
     def unsubscribe_thread(self, session: Session, thread_id: int) -> None:
         session.threads.discard(thread_id)
-        self._drop_thread_subscriber(thread_id, session)
+        _discard(self._thread_subscribers, thread_id, session)
 
     def subscribe_channel(self, session: Session, channel_id: int) -> None:
         session.channels.add(channel_id)
@@ -283,10 +281,6 @@ class SessionRegistry:
         for thread_id in thread_ids:
             for session in self._thread_subscribers.pop(thread_id, ()):
                 session.threads.discard(thread_id)
-            metrics.thread_subscribers(thread_id, 0)
-
-    def _drop_thread_subscriber(self, thread_id: int, session: Session) -> None:
-        metrics.thread_subscribers(thread_id, _discard(self._thread_subscribers, thread_id, session))
 
     def _drop_channel_subscriber(self, channel_id: int, session: Session) -> None:
         metrics.channel_subscribers(channel_id, _discard(self._channel_subscribers, channel_id, session))
@@ -295,6 +289,10 @@ class SessionRegistry:
 
     def thread_subscribers(self, thread_id: int) -> set[Session]:
         return self._thread_subscribers.get(thread_id, set())
+
+    def thread_subscriber_counts(self) -> list[tuple[int, int]]:
+        """(thread id, subscribers) of every thread that has subscribers."""
+        return [(thread_id, len(subscribers)) for thread_id, subscribers in self._thread_subscribers.items()]
 
     def channel_subscribers(self, channel_id: int) -> set[Session]:
         return self._channel_subscribers.get(channel_id, set())
