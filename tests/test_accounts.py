@@ -13,8 +13,8 @@ import bcrypt
 import psycopg2
 import pytest
 
-from superchat import storage
 from superchat.protocol import messages as m
+from superchat.storage import schema
 from tests.client import UNSOLICITED, Client
 from tests.server_process import ServerProcess
 
@@ -178,7 +178,7 @@ def old_schema_with_users(database, nicknames: list[str]) -> None:
     with closing(connection):
         cursor = connection.cursor()
         for number in range(1, 6):
-            for statement in storage._migration("postgresql" if postgres else "sqlite", number):
+            for statement in schema.migration("postgresql" if postgres else "sqlite", number):
                 cursor.execute(statement)
         for nickname in nicknames:
             stored = bcrypt.hashpw(pw(nickname).encode(), bcrypt.gensalt(4)).decode()

@@ -224,7 +224,7 @@ GREENLETS = textwrap.dedent("""
     from gevent import monkey; monkey.patch_all()
     import json, sys
     sys.path.insert(0, sys.argv[1])
-    from superchat.server import green_postgresql; green_postgresql.install()
+    from superchat.storage import green; green.install()
     import gevent, psycopg2
     from superchat.storage import Store
 
@@ -263,7 +263,7 @@ SILENT_DATABASE = textwrap.dedent("""
     from gevent import monkey; monkey.patch_all()
     import json, os, signal, sys, time
     sys.path.insert(0, sys.argv[1])
-    from superchat.server import green_postgresql; green_postgresql.install()
+    from superchat.storage import green; green.install()
     import gevent, psycopg2
     from superchat.storage import StorageError, Store
 
@@ -313,7 +313,7 @@ STALLED_NAME_SERVER = textwrap.dedent("""
     from gevent import monkey; monkey.patch_all()
     import json, sys
     sys.path.insert(0, sys.argv[1])
-    from superchat.server import green_postgresql; green_postgresql.install()
+    from superchat.storage import green; green.install()
     import gevent, gevent.event
     from gevent.resolver.thread import Resolver
     from superchat.storage import Store

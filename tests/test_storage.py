@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from superchat import storage
 from superchat.storage import (
     BanRow,
     ChannelExists,
@@ -26,6 +25,8 @@ from superchat.storage import (
     Store,
     UserRow,
     Viewer,
+    models,
+    schema,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ HOUR_MS = 3_600_000
 FORUM_SEEDS = [("general", "General discussion"), ("tech", "Technical topics")]
 
 
-LATEST = len(storage._MIGRATIONS)
+LATEST = len(schema.MIGRATIONS)
 
 
 def insert_old_message(db_path, channel: int, content: str, parent: int | None = None) -> int:
@@ -53,7 +54,7 @@ def insert_old_message(db_path, channel: int, content: str, parent: int | None =
 def old_database(db_path, monkeypatch, version: int) -> int:
     """A database as a server of schema ``version`` left it, seeded; returns the general channel's id."""
     with monkeypatch.context() as old_code:
-        old_code.setattr(storage, "_MIGRATIONS", storage._MIGRATIONS[:version])
+        old_code.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:version])
         old = Store(db_path)
         old.seed_channels(FORUM_SEEDS, 168)
         general = channel_id(old, "general")
@@ -185,16 +186,16 @@ def test_migrates_a_version_1_database_and_keeps_its_data(db_path, monkeypatch):
 
 
 def test_models_match_the_migrated_tables(store, db_path):
-    models = (
-        storage._Channel,
-        storage._Message,
-        storage._User,
-        storage._SSHKey,
-        storage._Ban,
-        storage._AdminAction,
-        storage._ReadState,
+    tables = (
+        models.Channel,
+        models.Message,
+        models.User,
+        models.SSHKey,
+        models.Ban,
+        models.AdminAction,
+        models.ReadState,
     )
-    for model in models:
+    for model in tables:
         table = model._meta.table_name
         columns = [r[1] for r in sql(db_path, f'PRAGMA table_info("{table}")')]
         assert columns == [f.column_name for f in model._meta.sorted_fields], table
@@ -244,7 +245,7 @@ def test_migrates_a_version_3_database_to_shadowed_posts(db_path, monkeypatch):
 
 
 def test_discovered_server_model_matches_its_table(store, db_path):
-    model = storage._DiscoveredServer
+    model = models.DiscoveredServer
     columns = [r[1] for r in sql(db_path, 'PRAGMA table_info("DiscoveredServer")')]
     assert columns == [f.column_name for f in model._meta.sorted_fields]
     indexes = {r[0] for r in sql(db_path, "SELECT name FROM sqlite_master WHERE type = 'index'")}
@@ -616,7 +617,7 @@ def test_names_alike_but_for_case_from_before_are_named_until_resolved(db_path):
     db_path.parent.mkdir(parents=True)
     with closing(sqlite3.connect(db_path)) as old, old:
         for number in range(1, 6):
-            for statement in storage._migration("sqlite", number):
+            for statement in schema.migration("sqlite", number):
                 old.execute(statement)
         for nickname in ("alice", "Alice", "bob", "BOB", "Bob", "carol"):
             old.execute("INSERT INTO User (nickname, password_hash, created_at) VALUES (?, '', 1)", (nickname,))

@@ -12,23 +12,22 @@ import peewee
 import psycopg2
 import pytest
 
-from superchat import storage
-from superchat.storage import MessageRow, NewPost, PostRejected, StorageError, Store
+from superchat.storage import MessageRow, NewPost, PostRejected, StorageError, Store, models, schema
 from tests.tcp_relay import Relay
 
 pytestmark = pytest.mark.timeout(120)
 
-LATEST = len(storage._MIGRATIONS)
+LATEST = len(schema.MIGRATIONS)
 MODELS = (
-    storage._Channel,
-    storage._User,
-    storage._Message,
-    storage._SSHKey,
-    storage._Ban,
-    storage._AdminAction,
-    storage._ReadState,
-    storage._DiscoveredServer,
-    storage._NodeRun,
+    models.Channel,
+    models.User,
+    models.Message,
+    models.SSHKey,
+    models.Ban,
+    models.AdminAction,
+    models.ReadState,
+    models.DiscoveredServer,
+    models.NodeRun,
 )
 _names = itertools.count(1)
 
@@ -55,7 +54,7 @@ def version(db) -> int:
 
 
 def test_a_fresh_database_gets_every_table_as_the_models_read_them(database):
-    storage._migrate(database)
+    schema.migrate(database)
     assert version(database) == LATEST
     for model in MODELS:
         table = model._meta.table_name
@@ -70,28 +69,28 @@ def test_a_fresh_database_gets_every_table_as_the_models_read_them(database):
 
 
 def test_the_models_work_on_the_migrated_tables(database):
-    storage._migrate(database)
+    schema.migrate(database)
     with database.bind_ctx(MODELS):
-        channel = storage._Channel.create(name="general", display_name="#general", channel_type=1,
+        channel = models.Channel.create(name="general", display_name="#general", channel_type=1,
                                           retention_hours=168, created_at=1)
-        user = storage._User.create(nickname="alice", password_hash="", created_at=2)
-        message = storage._Message.create(channel_id=channel.id, author_user_id=user.id, author_nickname="alice",
+        user = models.User.create(nickname="alice", password_hash="", created_at=2)
+        message = models.Message.create(channel_id=channel.id, author_user_id=user.id, author_nickname="alice",
                                           content="hi", created_at=3_000_000_000_000, shadowed=True)
-        storage._Ban.create(ban_type="user", user_id=user.id, reason="r", shadowban=True, banned_at=4,
+        models.Ban.create(ban_type="user", user_id=user.id, reason="r", shadowban=True, banned_at=4,
                             banned_by="boss")
-        stored = storage._Message.get_by_id(message.id)
+        stored = models.Message.get_by_id(message.id)
     # Identity columns number each table's rows from 1; flags are booleans; milliseconds fit.
     assert (channel.id, user.id, message.id) == (1, 1, 1)
     assert (stored.shadowed, stored.created_at) == (True, 3_000_000_000_000)
 
 
 def test_migrating_again_changes_nothing_and_a_newer_schema_is_refused(database):
-    storage._migrate(database)
-    storage._migrate(database)
+    schema.migrate(database)
+    schema.migrate(database)
     assert version(database) == LATEST
     database.execute_sql('UPDATE "SchemaVersion" SET version = 99')
-    with pytest.raises(storage.StorageError, match="newer"):
-        storage._migrate(database)
+    with pytest.raises(StorageError, match="newer"):
+        schema.migrate(database)
 
 
 def test_servers_starting_together_migrate_once(postgres):
@@ -101,7 +100,7 @@ def test_servers_starting_together_migrate_once(postgres):
         db = peewee.PostgresqlDatabase(**postgres.connect_args(name))
         db.connect()
         try:
-            storage._migrate(db)
+            schema.migrate(db)
             return version(db)
         finally:
             db.close()

@@ -8,7 +8,7 @@ the thread. Posts that arrive while a commit is in progress are committed togeth
 in the next transaction (group commit), and each acknowledgement still follows the
 commit of that very post.
 
-PostgreSQL takes concurrent writers, and through green_postgresql its queries wait without
+PostgreSQL takes concurrent writers, and through storage/green.py its queries wait without
 blocking the hub: writes run on the calling greenlet, as many at once as the Store's
 connection pool allows. Posts are group-committed all the same, each batch inserted
 and committed by the greenlet that commits the queue.
