@@ -7,7 +7,7 @@ from tests.server_process import ServerProcess, shared_postgres
 # Left out when every scd runs on PostgreSQL (SUPERCHAT_TEST_DATABASE=postgresql): they are about
 # SQLite itself, or break the database through its SQLite file.
 SQLITE_ONLY = {
-    "tests/test_storage.py": "drives the Store directly on SQLite files",
+    "tests/storage": "drives the Store directly on SQLite files",
     "tests/test_writer.py": "measures SQLite's writer thread",
     **{
         f"tests/test_logs.py::{name}": "breaks the SQLite file for an error to log"
@@ -39,7 +39,7 @@ def pytest_collection_modifyitems(config, items):
         return
     for item in items:
         for prefix, reason in SQLITE_ONLY.items():
-            if item.nodeid == prefix or item.nodeid.startswith((prefix + "::", prefix + "[")):
+            if item.nodeid == prefix or item.nodeid.startswith((prefix + "::", prefix + "[", prefix + "/")):
                 item.add_marker(pytest.mark.skip(reason=f"SQLite only: {reason}"))
 
 
