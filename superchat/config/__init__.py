@@ -14,20 +14,49 @@ import re
 import socket
 import sys
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from . import __version__
-from .files import create_whole
+from .. import __version__
+from ..files import create_whole
+from .values import (
+    BOOL,
+    CHANNELS,
+    DATABASE_URL,
+    INT,
+    LOG_FORMAT,
+    NAMES,
+    POSTGRESQL_SCHEMES,
+    REDIS_URL,
+    STR,
+    U16,
+    URL_SCHEME,
+    Invalid,
+    Kind,
+    SeedChannel,
+    directory_address,
+    masked_url,
+    parse_names,
+    show,
+)
 
-__all__ = ["Config", "ConfigError", "SeedChannel", "default_file_text", "directory_address", "load_config"]
+__all__ = [
+    "DEFAULT_CONFIG_PATH",
+    "POSTGRESQL_SCHEMES",
+    "Config",
+    "ConfigError",
+    "SeedChannel",
+    "default_file_text",
+    "directory_address",
+    "load_config",
+    "masked_url",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONFIG_PATH = "~/.superchat/config.toml"
-DEFAULT_DIRECTORY_PORT = 6465
 
 
 class ConfigError(Exception):
@@ -37,11 +66,6 @@ class ConfigError(Exception):
         # Callers put this straight into a one-line log record or stderr.
         super().__init__(message.replace("\n", "\\n"))
 
-
-@dataclass(frozen=True)
-class SeedChannel:
-    name: str
-    description: str
 
 
 @dataclass(frozen=True)
@@ -96,189 +120,24 @@ class Config:
     announce_to: tuple[str, ...]
 
 
-class _Invalid(ValueError):
-    """A value problem, without saying where the value came from."""
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
-
-
-# --- value kinds: check a TOML value, parse an environment/flag string ------
-
-
-def _check_int(value: Any) -> int:
-    # bool is an int subclass in Python but a distinct type in TOML.
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Invalid(f"expected an integer, got {_show(value)}")
-    return value
-
-
-def _parse_int(text: str) -> int:
-    # int() would also accept "1_000" and non-ASCII digits.
-    if not re.fullmatch(r"[+-]?[0-9]+", text.strip()):
-        raise _Invalid(f"expected an integer, got {text!r}")
-    return int(text)
-
-
-def _check_bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"expected true or false, got {_show(value)}")
-    return value
-
-
-_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
-def _parse_bool(text: str) -> bool:
-    try:
-        return _BOOL_WORDS[text.strip().lower()]
-    except KeyError:
-        raise _Invalid(f"expected true/false/1/0/yes/no, got {text!r}") from None
-
-
-def _check_str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Invalid(f"expected a string, got {_show(value)}")
-    return value
-
-
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-LOG_FORMATS = ("text", "json")
-
-
-def _check_log_format(value: Any) -> str:
-    value = _check_str(value)
-    if value not in LOG_FORMATS:
-        raise _Invalid(f"expected one of {', '.join(LOG_FORMATS)}, got {value!r}")
-    return value
-
-
-POSTGRESQL_SCHEMES = ("postgresql://", "postgres://")
-# What --db takes for a database URL rather than a file name.
-_URL_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://")
-
-
-def masked_url(url: str) -> str:
-    """``url`` without its password (user:password@ or ?password=), for logs."""
-    url = re.sub(r"^([^:/?#]+://[^:@/?#]*):[^@/?#]*@", r"\1:***@", url)
-    return re.sub(r"([?&])password=[^&#]*", r"\1password=***", url)
-
-
-def _url_checker(schemes: tuple[str, ...]) -> Callable[[Any], str]:
-    """A check for a URL of one of ``schemes``, or empty."""
-
-    def check(value: Any) -> str:
-        value = _check_str(value).strip()
-        if value and not value.startswith(schemes):
-            # Only the scheme is named: the rest of a URL may hold a password.
-            scheme = _URL_SCHEME.match(value)
-            got = f"a {scheme[1]}:// URL" if scheme else "no URL scheme"
-            raise _Invalid(f"expected a URL starting with {' or '.join(schemes)}, got {got}")
-        return value
-
-    return check
-
-
-def _check_names(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise _Invalid(f"expected a list of strings, got {_show(value)}")
-    names = tuple(_check_str(item) for item in value)
-    if "" in names:
-        raise _Invalid("empty name in list")
-    return names
-
-
-def _parse_names(text: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip())
-
-
-def _check_channels(value: Any) -> tuple[SeedChannel, ...]:
-    if not isinstance(value, list):
-        raise _Invalid("expected an array of {name, description} tables")
-    channels: list[SeedChannel] = []
-    for i, item in enumerate(value):
-        if not isinstance(item, dict):
-            raise _Invalid(f"entry {i}: expected a {{name, description}} table, got {_show(item)}")
-        if "name" not in item:
-            raise _Invalid(f"entry {i}: missing 'name'")
-        try:
-            name = _check_str(item["name"])
-            description = _check_str(item.get("description", ""))
-        except _Invalid as e:
-            raise _Invalid(f"entry {i}: {e}") from None
-        # Same bounds the server applies to user-created channels.
-        if not 3 <= len(name.encode()) <= 50:
-            raise _Invalid(f"entry {i}: name must be 3-50 bytes, got {name!r}")
-        if len(description.encode()) > 500:
-            raise _Invalid(f"entry {i}: description is longer than 500 bytes")
-        if any(c.name == name for c in channels):
-            raise _Invalid(f"duplicate channel name {name!r}")
-        unknown = sorted(set(item) - {"name", "description"})
-        if unknown:
-            log.warning("ignoring unknown seed channel keys %s", ", ".join(unknown))
-        channels.append(SeedChannel(name, description))
-    return tuple(channels)
-
-
-def directory_address(text: str) -> tuple[str, int]:
-    """An --announce-to entry as (host, port): ``host``, ``host:port``, ``[ipv6]`` or ``[ipv6]:port``,
-    the port 6465 when left out. Raises ValueError naming the problem."""
-    host, port = text, ""
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest and not rest.startswith(":"):
-            raise _Invalid(f"expected [ipv6]:port, got {text!r}")
-        port = rest[1:]
-    elif text.count(":") == 1:
-        host, port = text.split(":")
-    if not host:
-        raise _Invalid(f"missing host in {text!r}")
-    if not port:
-        return host, DEFAULT_DIRECTORY_PORT
-    number = _parse_int(port)
-    if not 1 <= number <= _U16:
-        raise _Invalid(f"port must be between 1 and {_U16}, got {number}")
-    return host, number
-
-
 def _announce_to(text: str) -> tuple[str, ...]:
-    entries = _parse_names(text)
+    entries = parse_names(text)
     for entry in entries:
         try:
             directory_address(entry)
-        except _Invalid as e:
+        except Invalid as e:
             raise ConfigError(f"--announce-to: {e}") from None
     return entries
 
 
-def _no_text(text: str) -> NoReturn:
-    raise AssertionError("seed_channels has no string form")
 
-
-@dataclass(frozen=True)
-class _Kind:
-    check: Callable[[Any], Any]  # a value from the TOML file
-    parse: Callable[[str], Any]  # a string from the environment or a flag
-
-
-INT = _Kind(_check_int, _parse_int)
-BOOL = _Kind(_check_bool, _parse_bool)
-STR = _Kind(_check_str, lambda text: text)
-LOG_FORMAT = _Kind(_check_log_format, _check_log_format)
-NAMES = _Kind(_check_names, _parse_names)
-CHANNELS = _Kind(_check_channels, _no_text)
-REDIS_URL = _Kind(_url_checker(REDIS_SCHEMES), _url_checker(REDIS_SCHEMES))
-DATABASE_URL = _Kind(_url_checker(POSTGRESQL_SCHEMES), _url_checker(POSTGRESQL_SCHEMES))
 
 
 @dataclass(frozen=True)
 class _Key:
     section: str
     name: str
-    kind: _Kind
+    kind: Kind
     default: Any
     doc: str
     low: int | None = None
@@ -292,13 +151,12 @@ class _Key:
     def convert(self, value: Any, from_text: bool) -> Any:
         value = self.kind.parse(value) if from_text else self.kind.check(value)
         if self.high is not None and not self.low <= value <= self.high:
-            raise _Invalid(f"must be between {self.low} and {self.high}, got {value}")
+            raise Invalid(f"must be between {self.low} and {self.high}, got {value}")
         if self.low is not None and value < self.low:
-            raise _Invalid(f"must be at least {self.low}, got {value}")
+            raise Invalid(f"must be at least {self.low}, got {value}")
         return value
 
 
-_U16 = 65535
 _DEFAULT_CHANNELS = (
     SeedChannel("general", "General discussion"),
     SeedChannel("tech", "Technical topics"),
@@ -310,9 +168,9 @@ _DEFAULT_CHANNELS = (
 # (u8 connections per IP, u16 counters, u32 max_users) and from the wire format
 # (nicknames of at most 20 bytes, 1 MiB frames).
 _KEYS: tuple[_Key, ...] = (
-    _Key("server", "tcp_port", INT, 6465, "TCP port of the binary protocol (0 = any free port).", 0, _U16),
-    _Key("server", "ssh_port", INT, 6466, "SSH port (0 = SSH disabled).", 0, _U16),
-    _Key("server", "http_port", INT, 8080, "HTTP port for /servers.json and /ws (0 = disabled).", 0, _U16),
+    _Key("server", "tcp_port", INT, 6465, "TCP port of the binary protocol (0 = any free port).", 0, U16),
+    _Key("server", "ssh_port", INT, 6466, "SSH port (0 = SSH disabled).", 0, U16),
+    _Key("server", "http_port", INT, 8080, "HTTP port for /servers.json and /ws (0 = disabled).", 0, U16),
     _Key("server", "ssh_host_key", STR, "~/.superchat/ssh_host_key", "SSH host key file; ~ is expanded."),
     _Key("server", "bind_address", STR, "0.0.0.0", "Address the TCP listener binds to."),
     _Key(
@@ -327,19 +185,19 @@ _KEYS: tuple[_Key, ...] = (
     _Key("server", "admin_users", NAMES, (),
          "Nicknames with admin rights, e.g. [\"alice\", \"bob\"]; make their accounts with: scd admin create NAME"),
     _Key("limits", "max_connections_per_ip", INT, 10, "Concurrent connections allowed from one IP.", 1, 255),
-    _Key("limits", "message_rate_limit", INT, 10, "Messages per minute per session.", 1, _U16),
-    _Key("limits", "max_channel_creates", INT, 5, "Channels one user may create per hour.", 1, _U16),
+    _Key("limits", "message_rate_limit", INT, 10, "Messages per minute per session.", 1, U16),
+    _Key("limits", "max_channel_creates", INT, 5, "Channels one user may create per hour.", 1, U16),
     _Key("limits", "max_registrations_per_hour", INT, 10,
-         "Accounts one address (IPv6: its /64) may create per hour, by REGISTER_USER or SSH key.", 1, _U16),
-    _Key("limits", "max_message_length", INT, 4096, "Longest message body, in bytes.", 1, _U16),
+         "Accounts one address (IPv6: its /64) may create per hour, by REGISTER_USER or SSH key.", 1, U16),
+    _Key("limits", "max_message_length", INT, 4096, "Longest message body, in bytes.", 1, U16),
     _Key("limits", "max_nickname_length", INT, 20, "Longest nickname, in bytes.", 3, 20),
     _Key("limits", "session_timeout_seconds", INT, 120,
          "Idle seconds before a session is dropped; also the time one frame may take to arrive whole.", 1),
     _Key("limits", "partial_frame_memory_mb", INT, 64,
          "MiB that the unfinished frames of all clients may hold together (past 64 KiB each); "
          "a client whose frame would pass it is disconnected.", 1),
-    _Key("limits", "max_thread_subscriptions", INT, 50, "Thread subscriptions per session.", 1, _U16),
-    _Key("limits", "max_channel_subscriptions", INT, 10, "Channel subscriptions per session.", 1, _U16),
+    _Key("limits", "max_thread_subscriptions", INT, 50, "Thread subscriptions per session.", 1, U16),
+    _Key("limits", "max_channel_subscriptions", INT, 10, "Channel subscriptions per session.", 1, U16),
     _Key("retention", "default_retention_hours", INT, 168, "Hours messages are kept (168 = 7 days).", 1),
     _Key("retention", "cleanup_interval_minutes", INT, 60, "Minutes between expired-message sweeps.", 1),
     _Key(
@@ -361,9 +219,9 @@ _KEYS: tuple[_Key, ...] = (
         "Seconds between this directory's reachability checks of each listed server.", 1,
     ),
     # Metrics and profiling expose internals: they listen on loopback unless told otherwise.
-    _Key("observability", "metrics_port", INT, 9090, "Port of /metrics and /health (0 = any free port).", 0, _U16),
+    _Key("observability", "metrics_port", INT, 9090, "Port of /metrics and /health (0 = any free port).", 0, U16),
     _Key("observability", "metrics_bind", STR, "127.0.0.1", "Address of the metrics server; keep it internal."),
-    _Key("observability", "pprof_port", INT, 6060, "Port of /debug/pprof/ (0 = any free port).", 0, _U16),
+    _Key("observability", "pprof_port", INT, 6060, "Port of /debug/pprof/ (0 = any free port).", 0, U16),
     _Key("observability", "pprof_bind", STR, "127.0.0.1", "Address of the profiling server; keep it internal."),
     _Key("observability", "log_format", LOG_FORMAT, "text", "Log line format: text or json (one object a line)."),
     _Key("observability", "max_thread_series", INT, 1000,
@@ -446,7 +304,7 @@ def _file_values(path: Path, data: dict[str, Any]) -> dict[str, Any]:
             log.warning("%s: ignoring unknown section or key %r", path, section)
             continue
         if not isinstance(table, dict):
-            raise ConfigError(f"{path}: {section}: expected a [{section}] table, got {_show(table)}")
+            raise ConfigError(f"{path}: {section}: expected a [{section}] table, got {show(table)}")
         for name, value in table.items():
             key = _BY_NAME.get(name)
             if key is None or key.section != section:
@@ -454,7 +312,7 @@ def _file_values(path: Path, data: dict[str, Any]) -> dict[str, Any]:
                 continue
             try:
                 values[name] = key.convert(value, from_text=False)
-            except _Invalid as e:
+            except Invalid as e:
                 raise ConfigError(f"{path}: {section}.{name}: {e}") from None
     return values
 
@@ -462,7 +320,7 @@ def _file_values(path: Path, data: dict[str, Any]) -> dict[str, Any]:
 def _text_value(key: _Key, text: str, source: str) -> Any:
     try:
         return key.convert(text, from_text=True)
-    except _Invalid as e:
+    except Invalid as e:
         raise ConfigError(f"{source}: {e}") from None
 
 
@@ -575,7 +433,7 @@ def load_config(argv: Sequence[str], environ: Mapping[str, str]) -> Config | Non
             values[name] = _text_value(_BY_NAME[name], text, "--" + flag.replace("_", "-"))
     if args.db is not None:
         # Either kind of database, so it also overrides a setting of the other kind.
-        if _URL_SCHEME.match(args.db):
+        if URL_SCHEME.match(args.db):
             values["database_url"] = _text_value(_BY_NAME["database_url"], args.db, "--db")
         else:
             values["database_path"], values["database_url"] = args.db, ""
