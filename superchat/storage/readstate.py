@@ -7,7 +7,7 @@ from .messages import in_subchannel
 from .models import Message, ReadState
 
 
-def subchannel_key(subchannel_id: int | None) -> int:
+def _subchannel_key(subchannel_id: int | None) -> int:
     return 0 if subchannel_id is None else subchannel_id
 
 
@@ -19,7 +19,7 @@ class ReadStateQueries(Connections):
         query = ReadState.select(ReadState.last_read_at).where(
             (ReadState.user_id == user_id)
             & (ReadState.channel_id == channel_id)
-            & (ReadState.subchannel_key == subchannel_key(subchannel_id))
+            & (ReadState.subchannel_key == _subchannel_key(subchannel_id))
         )
         rows = all_rows(query, self._reader)
         return rows[0][0] if rows else 0
@@ -29,7 +29,7 @@ class ReadStateQueries(Connections):
         ReadState.insert(
             user_id=user_id,
             channel_id=channel_id,
-            subchannel_key=subchannel_key(subchannel_id),
+            subchannel_key=_subchannel_key(subchannel_id),
             last_read_at=timestamp_ms,
         ).on_conflict(
             conflict_target=[ReadState.user_id, ReadState.channel_id, ReadState.subchannel_key],
