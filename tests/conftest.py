@@ -20,6 +20,7 @@ SQLITE_ONLY = {
         )
     },
     "tests/test_metrics.py::test_health_says_so_when_the_database_is_unusable": "deletes the SQLite file",
+    "tests/test_metrics.py::test_database_size_is_the_sqlite_file_with_its_wal": "measures the SQLite file",
     "tests/test_metrics.py::test_the_guides_healthcheck_script_passes_then_fails_on_a_broken_database":
         "deletes the SQLite file",
     "tests/test_server_lifecycle.py::test_retention_removes_expired_threads_at_start": "edits the SQLite file",

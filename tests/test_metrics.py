@@ -269,6 +269,29 @@ def test_health_says_so_when_the_database_is_unusable(server):
         assert client.expect(m.Pong).client_timestamp == 3
 
 
+def test_database_size_is_the_sqlite_file_with_its_wal(server):
+    database = server.data_dir / "superchat.db"
+
+    def on_disk() -> int:
+        return sum(path.stat().st_size for path in (database, Path(f"{database}-wal")) if path.exists())
+
+    def measured_size() -> float:
+        """The gauge once it has caught up with the files (it is measured every few seconds)."""
+        deadline = time.monotonic() + 20
+        while (size := value(scrape(server), "superchat_database_size_bytes")) != on_disk():
+            assert time.monotonic() < deadline, (size, on_disk())
+            time.sleep(0.2)
+        return size
+
+    before = measured_size()
+    with Client(server.port) as client:
+        client.handshake("writer")
+        general = client.channel_id("general")
+        for n in range(5):
+            client.post(general, str(n) * 4000)
+    assert measured_size() >= before + 5 * 4000
+
+
 def test_unknown_paths_and_methods(server):
     assert server.http_get("/nothing")[0] == 404
     request = urllib.request.Request(f"http://127.0.0.1:{server.metrics_port}/metrics", data=b"x", method="POST")

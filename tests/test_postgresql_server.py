@@ -135,6 +135,26 @@ def test_posts_threads_edits_and_deletes(postgres, database, start_scd, open_cli
         (reply, root, "reply"), (nested, reply, "nested")]
 
 
+def test_database_size_is_what_postgresql_counts(postgres, database, start_scd, open_client):
+    server = start_scd()
+    author = open_client(server, "author")
+    general = author.channel_id("general")
+    for n in range(100):
+        author.post(general, str(n % 10) * 4000)
+    deadline = time.monotonic() + 20
+    while True:
+        _, _, body = server.http_get("/metrics")
+        (line,) = [line for line in body.decode().splitlines() if line.startswith("superchat_database_size_bytes ")]
+        reported = float(line.split()[1])
+        ((counted,),) = query(postgres, database, "SELECT pg_database_size(current_database())")
+        # Measured every few seconds; only what PostgreSQL writes back meanwhile (hint bits,
+        # autovacuum) can keep the two apart once it has caught up with the posts.
+        if abs(reported - counted) <= 64 * 1024:
+            break
+        assert time.monotonic() < deadline, (reported, counted)
+        time.sleep(0.2)
+
+
 def test_data_survives_a_restart_and_a_deleted_seed_channel_stays_deleted(start_scd, open_client):
     server = start_scd()
     server.create_admin(ADMIN, pw(ADMIN))
@@ -370,11 +390,19 @@ def test_the_server_rides_out_a_database_outage(tmp_path, open_client):
         assert (status, health["status"]) == (503, "error")
         assert health["database"].startswith("error: connection to server on socket"), health
         assert "post_message failed: database error: " in server.wait_for_log("post_message failed")
+        # The size, which cannot be read now, is NaN within a measuring interval.
+        deadline = time.monotonic() + 20
+        while "\nsuperchat_database_size_bytes NaN\n" not in server.http_get("/metrics")[2].decode():
+            assert time.monotonic() < deadline, "the database size stayed a number"
+            time.sleep(0.2)
 
         postgres.start_again()
         after = client.post(general, "after the outage")
         assert [entry.id for entry in roots(client, general)] == [before, after]
         assert server.http_get("/health")[0] == 200
+        while "\nsuperchat_database_size_bytes NaN\n" in server.http_get("/metrics")[2].decode():
+            assert time.monotonic() < deadline + 20, "the database size stayed NaN after the outage"
+            time.sleep(0.2)
         assert server.stop() == 0
     finally:
         postgres.stop()

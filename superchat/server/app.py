@@ -17,7 +17,7 @@ from ..observability import metrics
 from ..observability.http import Health, metrics_app
 from ..observability.profiling import enable_block_profiling, profiling_app
 from ..protocol import flags, messages
-from ..storage import Store
+from ..storage import StorageError, Store
 from . import events
 from .bans import BanList
 from .cluster import Cluster, Solo
@@ -40,6 +40,8 @@ log = logging.getLogger("superchat.server")
 SHUTDOWN_DRAIN_SECONDS = 3.0
 ACCEPT_BACKLOG = 4096
 CLUSTER_REFRESH_SECONDS = 10
+# How often superchat_database_size_bytes is measured.
+DATABASE_SIZE_SECONDS = 5
 
 
 class Server:
@@ -140,6 +142,7 @@ class Server:
         log.info("Server started on port %d", self.port)
         log.info("Database: %s", self.ctx.store.location)
         self._background.append(gevent.spawn(self._retention_loop))
+        self._background.append(gevent.spawn(self._database_size_loop))
         if self.ctx.cluster.shared:
             self._background.append(gevent.spawn(self._refresh_loop))
         ctx = self.ctx
@@ -155,6 +158,13 @@ class Server:
         while True:
             gevent.sleep(interval)
             self.delete_expired_messages()
+
+    def _database_size_loop(self) -> None:
+        # Measured here rather than at each scrape: a database that stopped answering would
+        # otherwise hold the scrape past Prometheus's timeout and mark the whole server down.
+        while True:
+            metrics.database_size(_database_size(self.ctx.store))
+            gevent.sleep(DATABASE_SIZE_SECONDS)
 
     def _refresh_loop(self) -> None:
         """Sessions checked against the database now and then: an event this node missed (Redis
@@ -205,3 +215,9 @@ class Server:
         self.ctx.store.close()
         log.info("Graceful shutdown complete (%d sessions notified)", len(sessions))
 
+
+def _database_size(store: Store) -> int | None:
+    try:
+        return store.database_size_bytes()
+    except (StorageError, OSError):
+        return None

@@ -122,6 +122,22 @@ class Store(ChannelQueries, MessageQueries, ReadStateQueries, PostingQueries, Ac
         return None
 
     @storage_errors()
+    def database_size_bytes(self) -> int:
+        """What the data takes on disk: SQLite's file with its write-ahead log, or the PostgreSQL
+        database as pg_database_size counts it."""
+        if self._pool is not None:
+            return self._reader.execute_sql("SELECT pg_database_size(current_database())").fetchone()[0]
+        return sum(_file_size(path) for path in (self._path, self._path.with_name(self._path.name + "-wal")))
+
+    @storage_errors()
     def claim_node_serial(self, node_id: str) -> int:
         """A number this database never handed out before, for a run of node ``node_id``."""
         return NodeRun.insert(node_id=node_id, started_at=clock_ms()).execute(self._writer)
+
+
+def _file_size(path: Path) -> int:
+    # The write-ahead log comes and goes with checkpoints and the last connection's close.
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
