@@ -1,5 +1,6 @@
 """``scd``: parse configuration, run the server until SIGTERM or SIGINT; SIGHUP reopens the log files.
-``scd admin ...`` manages admin accounts instead (superchat/admin.py)."""
+``scd admin ...`` manages admin accounts instead (superchat/admin.py), ``scd backup PATH`` copies the
+database (superchat/backup.py)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,10 @@ def main(argv: list[str] | None = None) -> int:
         from .admin import main as admin_main
 
         return admin_main(argv[1:])
+    if argv[:1] == ["backup"]:
+        from .backup import main as backup_main
+
+        return backup_main(argv[1:])
     try:
         config = load_config(argv, os.environ)
     except ConfigError as exc:

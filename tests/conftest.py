@@ -9,6 +9,7 @@ from tests.server_process import ServerProcess, shared_postgres
 SQLITE_ONLY = {
     "tests/storage": "drives the Store directly on SQLite files",
     "tests/test_writer.py": "measures SQLite's writer thread",
+    "tests/test_backup.py": "backs up SQLite files",
     **{
         f"tests/test_logs.py::{name}": "breaks the SQLite file for an error to log"
         for name in (

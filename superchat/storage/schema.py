@@ -1,5 +1,7 @@
 """The schema: its migrations for SQLite and PostgreSQL, its version, and registered nicknames folded."""
 
+from collections.abc import Callable
+
 import peewee
 
 from .rows import StorageError
@@ -195,9 +197,11 @@ def migration(dialect: str, number: int) -> list[str]:
     return [statement.format(**terms) for statement in MIGRATIONS[number - 1]]
 
 
-def migrate(db: peewee.Database) -> list[list[tuple[int, str]]]:
+def migrate(db: peewee.Database, before_migrating: Callable[[int], None] | None = None) -> list[list[tuple[int, str]]]:
     """Bring the schema of a SQLite or PostgreSQL database up to this server's version; returns the
-    registered nicknames alike but for case, as (user id, nickname) groups (see _fold_nicknames)."""
+    registered nicknames alike but for case, as (user id, nickname) groups (see _fold_nicknames).
+    ``before_migrating(version)`` is called, under the migration's lock, before the first step that
+    changes a database already holding a schema."""
     postgres = isinstance(db, peewee.PostgresqlDatabase)
     dialect = "postgresql" if postgres else "sqlite"
     with db.atomic():
@@ -206,6 +210,8 @@ def migrate(db: peewee.Database) -> list[list[tuple[int, str]]]:
         version = _schema_version(db, postgres)
         if version > len(MIGRATIONS):
             raise StorageError(f"database schema version {version} is newer than this server ({len(MIGRATIONS)})")
+        if 0 < version < len(MIGRATIONS) and before_migrating is not None:
+            before_migrating(version)
         for number in range(version + 1, len(MIGRATIONS) + 1):
             for statement in migration(dialect, number):
                 db.execute_sql(statement)

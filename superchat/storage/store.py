@@ -9,6 +9,7 @@ import psycopg2.extensions
 
 from ..config import masked_url
 from .accounts import AccountQueries
+from .backup import backup_before_migrating
 from .channels import ChannelQueries
 from .directory import DirectoryQueries
 from .engine import (
@@ -27,6 +28,7 @@ from .models import NodeRun
 from .moderation import ModerationQueries
 from .posting import PostingQueries
 from .readstate import ReadStateQueries
+from .rows import StorageError
 from .schema import migrate
 
 
@@ -54,11 +56,21 @@ class Store(ChannelQueries, MessageQueries, ReadStateQueries, PostingQueries, Ac
             # never fails half-way on a lock upgrade.
             self._writer = open_sqlite(path, lock_type="IMMEDIATE")
             try:
-                self.nickname_collisions = migrate(self._writer)
+                self.nickname_collisions = self._migrate_sqlite(path)
                 self._reader = open_sqlite(path)
             except BaseException:
                 self._writer.close()
                 raise
+
+    def _migrate_sqlite(self, path: Path) -> list[list[tuple[int, str]]]:
+        backups: list[Path] = []
+        try:
+            return migrate(self._writer, lambda version: backups.append(backup_before_migrating(path, version)))
+        except (StorageError, *DRIVER_ERRORS) as exc:
+            if not backups:
+                raise
+            raise StorageError(f"the migration of {path} failed ({first_line(exc)}); the database as it was "
+                               f"before is in {backups[0]}") from exc
 
     def _open_postgresql(self, url: str) -> None:
         self.dialect = "postgresql"
