@@ -3,7 +3,6 @@ directory of its own, listening on a Unix socket there and on 127.0.0.1 at a fre
 
 from __future__ import annotations
 
-import glob
 import os
 import pwd
 import shutil
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import psycopg2
 
+from tests.tools import require
+
 START_SECONDS = 30
 # Each scd keeps a pool of up to 20 connections, and a test may run several scd at once.
 MAX_CONNECTIONS = 300
@@ -22,9 +23,7 @@ MAX_CONNECTIONS = 300
 
 def postgres_bin() -> Path:
     """The newest installed server's binaries (Debian package postgresql)."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[4]))
-    assert found, "PostgreSQL (Debian package postgresql) is required"
-    return Path(found[-1]).parent
+    return Path(require("initdb")).parent
 
 
 def _free_port() -> int:

@@ -10,13 +10,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.tools import require
+
 START_SECONDS = 10
 
 
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server")
-    assert found, "Redis (Debian package redis-server) is required"
-    return found
+    return require("redis-server")
 
 
 class RedisServer:

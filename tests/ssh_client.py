@@ -8,17 +8,19 @@ import select
 import subprocess
 from pathlib import Path
 
+from tests.tools import require
+
 
 def make_key(directory: Path, name: str = "id_ed25519") -> Path:
     """A fresh unencrypted Ed25519 key pair made by ssh-keygen; returns the private key's path."""
     path = directory / name
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
+    subprocess.run([require("ssh-keygen"), "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(path)], check=True)
     return path
 
 
 def ssh_command(port: int, user: str, key: Path, known_hosts: Path, strict: str = "accept-new") -> list[str]:
     return [
-        "ssh", "-T", "-p", str(port), "-i", str(key),
+        require("ssh"), "-T", "-p", str(port), "-i", str(key),
         "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "IdentityAgent=none",
         "-o", f"StrictHostKeyChecking={strict}", "-o", f"UserKnownHostsFile={known_hosts}",
         "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",

@@ -9,6 +9,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.client import Client
+from tests.tools import require
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -20,24 +21,18 @@ GUIDE_ALERTS = {
 }
 
 
-def tool(name: str, package: str) -> str:
-    found = shutil.which(name)
-    assert found, f"{name} (Debian package {package}) is required"
-    return found
-
-
 def run(*command, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=60)
 
 
 def test_the_rules_are_the_guides_and_promtool_passes_them():
-    checked = run(tool("promtool", "prometheus"), "check", "rules", RULES.name, cwd=RULES.parent)
+    checked = run(require("promtool"), "check", "rules", RULES.name, cwd=RULES.parent)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert set(re.findall(r"^\s+- alert: (\w+)$", RULES.read_text(), re.M)) == GUIDE_ALERTS
 
 
 def test_each_alert_fires_after_its_for_and_not_on_healthy_series():
-    tested = run(tool("promtool", "prometheus"), "test", "rules", "alerts_test.yml", cwd=RULES.parent)
+    tested = run(require("promtool"), "test", "rules", "alerts_test.yml", cwd=RULES.parent)
     assert tested.returncode == 0, tested.stdout + tested.stderr
     tests = (RULES.parent / "alerts_test.yml").read_text()
     for alert in GUIDE_ALERTS:
@@ -51,16 +46,16 @@ def test_the_rule_tests_fail_when_a_threshold_moves(tmp_path):
         shutil.copy(RULES.parent / name, tmp_path / name)
     moved = RULES.read_text().replace("superchat_active_sessions > 9000", "superchat_active_sessions > 9900")
     (tmp_path / "alerts.yml").write_text(moved)
-    tested = run(tool("promtool", "prometheus"), "test", "rules", "alerts_test.yml", cwd=tmp_path)
+    tested = run(require("promtool"), "test", "rules", "alerts_test.yml", cwd=tmp_path)
     assert tested.returncode != 0
     assert "SessionsNearCapacity" in tested.stdout + tested.stderr
 
 
 def test_prometheus_and_alertmanager_configurations_pass_their_checks():
-    prometheus = run(tool("promtool", "prometheus"), "check", "config", "prometheus.yml", cwd=RULES.parent)
+    prometheus = run(require("promtool"), "check", "config", "prometheus.yml", cwd=RULES.parent)
     assert prometheus.returncode == 0, prometheus.stdout + prometheus.stderr
     assert "1 rule files found" in prometheus.stdout
-    alertmanager = run(tool("amtool", "prometheus-alertmanager"), "check-config", "config.yml",
+    alertmanager = run(require("amtool"), "check-config", "config.yml",
                        cwd=CONF / "alertmanager")
     assert alertmanager.returncode == 0, alertmanager.stdout + alertmanager.stderr
 

@@ -2,7 +2,6 @@
 make, run by the real Prometheus while it scrapes a busy scd every second."""
 
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -17,6 +16,7 @@ from superchat.protocol import ErrorCode
 from tests.client import Client
 from tests.redis_server import RedisServer
 from tests.server_process import REPO, ServerProcess, free_port
+from tests.tools import require
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -94,12 +94,6 @@ def test_every_panel_of_the_guide_is_there_with_its_query_unit_and_thresholds():
     assert {"Sessions by Transport", "Database Size", "Redis Up", "Cluster Events"} <= titles
 
 
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    assert found, "prometheus (Debian package prometheus) is required"
-    return found
-
-
 class Prometheus:
     def __init__(self, root: Path, metrics_port: int):
         self.port = free_port()
@@ -111,7 +105,7 @@ class Prometheus:
         }
         (root / "prometheus.yml").write_text(yaml.safe_dump(config))
         self.proc = subprocess.Popen(
-            [prometheus_binary(), f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
+            [require("prometheus"), f"--config.file={root / 'prometheus.yml'}", f"--storage.tsdb.path={root / 'data'}",
              f"--web.listen-address=127.0.0.1:{self.port}"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )

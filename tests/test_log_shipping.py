@@ -6,7 +6,6 @@ here as Filebeat applies them, to a server.log that holds a traceback. rsyslog c
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from tests.server_process import REPO
+from tests.tools import require
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -117,8 +117,7 @@ def test_json_lines_are_one_event_each_with_the_message_key(tmp_path):
 
 
 def test_rsyslog_accepts_the_forwarding_rule_for_scds_lines(tmp_path):
-    rsyslogd = shutil.which("rsyslogd")
-    assert rsyslogd, "rsyslogd (Debian package rsyslog) is required"
+    rsyslogd = require("rsyslogd")
     checked = subprocess.run([rsyslogd, "-N1", "-f", str(RSYSLOG)], capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     rule = [line for line in RSYSLOG.read_text().splitlines() if line and not line.startswith("#")]

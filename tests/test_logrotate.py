@@ -19,6 +19,7 @@ import pytest
 
 from tests.client import Client
 from tests.server_process import REPO, ServerProcess
+from tests.tools import require
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,7 +56,7 @@ def derived_config(tmp_path: Path, data_dir: Path, pid: int | None) -> Path:
 
 
 def rotate(config: Path) -> None:
-    result = subprocess.run(["logrotate", "-f", "-s", str(config.parent / "logrotate.state"), str(config)],
+    result = subprocess.run([require("logrotate"), "-f", "-s", str(config.parent / "logrotate.state"), str(config)],
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 0 and "error" not in result.stderr, result
 

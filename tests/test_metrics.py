@@ -1,7 +1,6 @@
 """Prometheus metrics and the health endpoint, as the operations guide documents them."""
 
 import json
-import shutil
 import subprocess
 import time
 import urllib.request
@@ -12,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from superchat.protocol import messages as m
 from tests.client import Client
+from tests.tools import require
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -175,8 +175,7 @@ def test_subscriber_gauges_follow_subscriptions_and_do_not_pile_up(server):
 
 
 def promtool_problems(exposition: bytes) -> str:
-    promtool = shutil.which("promtool")
-    assert promtool, "promtool (Debian package prometheus) is required"
+    promtool = require("promtool")
     result = subprocess.run([promtool, "check", "metrics"], input=exposition, capture_output=True, timeout=30)
     return "" if result.returncode == 0 and not (result.stdout + result.stderr).strip() else (
         f"exit {result.returncode}: " + result.stdout.decode() + result.stderr.decode())
@@ -311,6 +310,8 @@ def test_metrics_listen_where_configured(start_server):
 
 def run_healthcheck(server) -> subprocess.CompletedProcess:
     script = Path(__file__).resolve().parent.parent / "conf" / "healthcheck.sh"
+    for program in ("nc", "curl", "jq"):
+        require(program)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HEALTHCHECK_HOST": "127.0.0.1",
            "HEALTHCHECK_TCP_PORT": str(server.port), "HEALTHCHECK_METRICS_PORT": str(server.metrics_port)}
     return subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import http.client
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from superchat.observability.pprof import Frame, Profile
+from tests.tools import require
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -215,8 +215,7 @@ def idle_port(tmp_path):
 
 def go_pprof(tmp_path: Path, *args: str) -> str:
     """Run `go tool pprof` with every file it writes kept under tmp_path; returns its standard output."""
-    go = shutil.which("go")
-    assert go, "go is not on PATH: install golang-go, which provides `go tool pprof`"
+    go = require("go")
     home = tmp_path / "go-home"
     home.mkdir(exist_ok=True)
     env = {**os.environ, "HOME": str(home), "GOCACHE": str(home / "cache"), "GOPATH": str(home / "gopath"),

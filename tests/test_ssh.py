@@ -19,6 +19,7 @@ from superchat.protocol import messages as m
 from tests.client import Client, ConnectionClosed
 from tests.server_process import ServerProcess, free_port
 from tests.ssh_client import OpenSshStream, make_key
+from tests.tools import require
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -106,7 +107,7 @@ def test_a_new_key_creates_the_account_and_chats_live(ssh_server, keys):
 
         client.send(m.ListSSHKeys())
         (registered,) = client.expect(m.SSHKeyList).keys
-        listed = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(key)], capture_output=True,
+        listed = subprocess.run([require("ssh-keygen"), "-l", "-E", "sha256", "-f", str(key)], capture_output=True,
                                 text=True, check=True).stdout.split()
         assert (registered.label, registered.key_type, registered.fingerprint) == (
             "Auto-registered", "ssh-ed25519", listed[1])

@@ -10,6 +10,7 @@ import pytest
 
 from superchat.protocol import messages as m
 from tests.client import Client
+from tests.tools import require
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -42,11 +43,11 @@ def keys(tmp_path_factory) -> dict[str, Key]:
     made = {}
     for name, (kind, bits, key_type) in KEY_SPECS.items():
         path = directory / name
-        command = ["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"{name}@test", "-f", str(path)]
+        command = [require("ssh-keygen"), "-q", "-t", kind, "-N", "", "-C", f"{name}@test", "-f", str(path)]
         if bits:
             command[4:4] = ["-b", bits]
         subprocess.run(command, check=True, timeout=60, capture_output=True)
-        listed = subprocess.run(["ssh-keygen", "-lf", f"{path}.pub"], check=True, timeout=30,
+        listed = subprocess.run([require("ssh-keygen"), "-lf", f"{path}.pub"], check=True, timeout=30,
                                 capture_output=True, text=True).stdout.split()
         made[name] = Key(path.with_suffix(".pub").read_text().strip(), listed[1], key_type)
     return made

@@ -5,7 +5,6 @@ from __future__ import annotations
 import http.server
 import json
 import queue
-import shutil
 import socket
 import subprocess
 import threading
@@ -21,6 +20,7 @@ from superchat.protocol import FrameDecoder, encode_message
 from superchat.protocol import messages as m
 from tests.client import Client, ConnectionClosed
 from tests.server_process import free_port
+from tests.tools import require
 from tests.websocket_client import HandshakeRefused, WebSocketStream
 
 pytestmark = pytest.mark.timeout(90)
@@ -209,7 +209,7 @@ def _next_result(results: queue.Queue, stage: str, timeout: float = 30.0) -> dic
 
 
 def test_a_real_browser_chats_over_websocket(web_server, tmp_path):
-    assert shutil.which("chromium"), "chromium (Debian package chromium) is required"
+    require("chromium")
     server = web_server()
     tcp = Client(server.port)
     tcp.handshake("tcpuser")
