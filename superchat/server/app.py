@@ -23,6 +23,7 @@ from .bans import BanList
 from .cluster import Cluster, Solo
 from .context import ServerContext
 from .directory import Directory
+from .event import ThreadsExpired
 from .handlers.channels import CHANNEL_CREATE_WINDOW_SECONDS
 from .intake import PartialFrameMemory
 from .outbound import broadcast
@@ -174,8 +175,7 @@ class Server:
         if removed.messages:
             log.info("Cleaned up %d expired messages", removed.messages)
         if removed.threads:
-            expired = [thread_id for _, thread_id in removed.threads]
-            events.emit(ctx, events.Event("threads_expired", {"thread_ids": expired}))
+            events.emit(ctx, ThreadsExpired(tuple(thread_id for _, thread_id in removed.threads)))
         metrics.threads_expired(removed.threads)
 
     def stop(self) -> None:

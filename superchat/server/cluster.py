@@ -31,7 +31,7 @@ from gevent.event import Event as Signal
 from gevent.lock import Semaphore
 
 from ..observability import metrics
-from .events import Event
+from .event import Event, NodeGone, SessionsGone, decode, encode
 from .limits import PerAddressLimit
 from .session import Session
 
@@ -208,7 +208,7 @@ class Cluster:
         self._remote: dict[str, dict[int, RemoteSession]] = {}
         self._remote_stale = True
         # While a full read is under way: the roster changes applied meanwhile, to apply again after it.
-        self._replay: list[tuple[Callable[[dict], None], dict]] | None = None
+        self._replay: list[tuple[Callable[[Any], None], Any]] | None = None
         self._roster_turn = Semaphore()
         # Set by an outage: the stream may have been trimmed past this node's position meanwhile.
         self._check_for_gap = False
@@ -226,7 +226,7 @@ class Cluster:
             # Sessions of this node's previous run (it died, or restarted before its key expired).
             earlier = [json.loads(entry) for entry in self._redis.hvals(_roster_key(self.node_id))]
             if earlier:
-                self.publish(Event("sessions_gone", {"node": self.node_id, "sessions": earlier}))
+                self.publish(SessionsGone(self.node_id, tuple(earlier)))
         except redis.RedisError as exc:
             self._unreachable(exc)
             log.warning("Redis unreachable at start (%s): this node joins the others when it comes", exc)
@@ -453,8 +453,9 @@ class Cluster:
 
     def _fields(self, event: Event) -> dict:
         self._sequence += 1
-        return {"node": self.node_id, "run": self._incarnation, "seq": self._sequence, "kind": event.kind,
-                "meta": json.dumps(event.meta), "frame": event.frame}
+        kind, meta, frame = encode(event)
+        return {"node": self.node_id, "run": self._incarnation, "seq": self._sequence, "kind": kind,
+                "meta": meta, "frame": frame}
 
     def _queue_full_roster(self, pipe) -> dict[int, dict | None]:
         """Queues this node's whole roster and connection counts, replacing what Redis holds;
@@ -523,14 +524,15 @@ class Cluster:
             self._missed()
 
     def _receive(self, fields: dict) -> None:
-        if fields[b"kind"] == b"node_gone":
+        kind = fields[b"kind"].decode()
+        if kind == NodeGone.KIND:
             # Written by the burial itself, once, by whichever node buried: every node applies
             # it here, the burier too, in its place among the buried node's last events.
-            self._node_gone(json.loads(fields[b"meta"]))
+            self._node_gone(decode(kind, fields[b"meta"], b""))
             return
         if fields[b"node"].decode() == self.node_id and fields[b"run"].decode() == self._incarnation:
             return
-        if fields[b"kind"] == b"roster":
+        if kind == "roster":
             self._apply_roster(json.loads(fields[b"meta"]))
             return
         node, run, sequence = fields[b"node"].decode(), fields[b"run"].decode(), int(fields[b"seq"])
@@ -538,35 +540,34 @@ class Cluster:
         if run == last_run and sequence <= last_sequence:
             return  # written twice after a failed write
         self._last_seen[node] = (run, sequence)
-        event = Event(fields[b"kind"].decode(), json.loads(fields[b"meta"]), fields[b"frame"])
         metrics.cluster_events("received", 1)
-        if event.kind == "sessions_gone":
-            self._forget_sessions(event.meta)
+        try:
+            event = decode(kind, fields[b"meta"], fields[b"frame"])
+            if isinstance(event, SessionsGone):
+                self._forget_sessions(event)
+            self._apply_remote(event)
+        except Exception:
+            log.exception("Cannot apply %s event from node %s", kind, node)
+
+    def _forget_sessions(self, event: SessionsGone) -> None:
+        if self._replay is not None:
+            self._replay.append((self._forget_sessions, event))
+        sessions = self._remote.get(event.node, {})
+        for entry in event.sessions:
+            sessions.pop(entry["session_id"], None)
+
+    def _node_gone(self, event: NodeGone) -> None:
+        """A node was buried or left: it leaves the peers and its sessions the roster at the same
+        moment, then this node's sessions are told its users left."""
+        self._drop_peer(event.node)
         try:
             self._apply_remote(event)
         except Exception:
-            log.exception("Cannot apply %s event from node %s", event.kind, node)
+            log.exception("Cannot tell this node's sessions that node %s's sessions left", event.node)
 
-    def _forget_sessions(self, meta: dict) -> None:
+    def _drop_peer(self, node: str) -> None:
         if self._replay is not None:
-            self._replay.append((self._forget_sessions, meta))
-        sessions = self._remote.get(meta["node"], {})
-        for entry in meta["sessions"]:
-            sessions.pop(entry["session_id"], None)
-
-    def _node_gone(self, meta: dict) -> None:
-        """A node was buried or left: it leaves the peers and its sessions the roster at the same
-        moment, then this node's sessions are told its users left."""
-        self._drop_peer({"node": meta["node"]})
-        try:
-            self._apply_remote(Event("node_gone", meta))
-        except Exception:
-            log.exception("Cannot tell this node's sessions that node %s's sessions left", meta["node"])
-
-    def _drop_peer(self, meta: dict) -> None:
-        if self._replay is not None:
-            self._replay.append((self._drop_peer, meta))
-        node = meta["node"]
+            self._replay.append((self._drop_peer, node))
         self._remote.pop(node, None)
         if node in self.peers:
             self.peers = tuple(peer for peer in self.peers if peer != node)
@@ -610,7 +611,7 @@ class Cluster:
         # already (it went in with the burial), and tells this node's sessions when read.
         for node in self.peers:
             if node not in others:
-                self._drop_peer({"node": node})
+                self._drop_peer(node)
         joined = [] if outdated else [node for node in living if node not in self.peers]
         if joined:
             self.peers = tuple(sorted((*self.peers, *joined)))
