@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -68,10 +67,12 @@ class Server:
         metrics.cap_thread_series(config.max_thread_series)
         metrics.count_thread_subscribers(sessions.thread_subscriber_counts)
         bans = BanList(store)
+        writer = Writer(store)
+        self.directory = Directory(config, store, writer, sessions, cluster, lambda: self.port, time.monotonic())
         self.ctx = ServerContext(
             config=config,
             store=store,
-            writer=Writer(store),
+            writer=writer,
             sessions=sessions,
             bans=bans,
             logins=LoginThrottle(cluster),
@@ -80,10 +81,8 @@ class Server:
             channel_creates=cluster.limit("channel-creates", config.max_channel_creates, CHANNEL_CREATE_WINDOW_SECONDS),
             reconciler=Reconciler(store, bans, sessions),
             partial_frames=PartialFrameMemory(config.partial_frame_memory_mb * 1024 * 1024),
+            directory=self.directory,
         )
-        self.directory = Directory(self.ctx, lambda: self.port, time.monotonic())
-        # Handlers reach the directory through the context, which it is itself built from.
-        self.ctx = dataclasses.replace(self.ctx, directory=self.directory)
         self.runner = SessionRunner(self.ctx)
         self._listener = self._client_listener(config.tcp_port, TcpHandler(self.runner))
         # The same sessions by WebSocket and SSH, on ports of their own (0 turns one off).

@@ -37,6 +37,5 @@ class ServerContext:
     reconciler: Reconciler
     # What the unfinished frames of all sessions may hold together.
     partial_frames: PartialFrameMemory
-    # The directory is built from the context itself, so the Server adds it right after with
-    # dataclasses.replace(); only that first, directory-less context ever lacks it.
-    directory: Directory | None = None
+    # This server's list of servers and its announcements to other directories.
+    directory: Directory

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent.pool import Pool
 
-from ..config import directory_address
+from ..config import Config, directory_address
 from ..protocol import (
     PROTOCOL_VERSION,
     DecodeError,
@@ -34,11 +34,13 @@ from ..protocol import (
     messages,
     type_name,
 )
-from ..storage import DiscoveredServerRow, StorageError
+from ..storage import DiscoveredServerRow, StorageError, Store
 from .bans import now_ms
 
 if TYPE_CHECKING:
-    from .context import ServerContext
+    from .cluster.link import ClusterLink
+    from .session import SessionRegistry
+    from .writer import Writer
 
 log = logging.getLogger("superchat.directory")
 
@@ -222,17 +224,21 @@ class Directory:
     ``started_at`` is the ``time.monotonic()`` of the start, for uptime.
     """
 
-    def __init__(self, ctx: ServerContext, listen_port: Callable[[], int], started_at: float):
-        self._ctx = ctx
+    def __init__(self, config: Config, store: Store, writer: Writer, sessions: SessionRegistry,
+                 cluster: ClusterLink, listen_port: Callable[[], int], started_at: float):
+        self._config = config
+        self._store = store
+        self._writer = writer
+        self._sessions = sessions
         self._listen_port = listen_port
         self._started_at = started_at
-        self.registrations = ctx.cluster.limit("directory-registrations", REGISTRATIONS_PER_WINDOW,
-                                               REGISTRATION_WINDOW_SECONDS)
+        self.registrations = cluster.limit("directory-registrations", REGISTRATIONS_PER_WINDOW,
+                                           REGISTRATION_WINDOW_SECONDS)
         self._greenlets: list[gevent.Greenlet] = []
         self._health_checks = Pool(HEALTH_CHECK_CONCURRENCY)
 
     def start(self) -> None:
-        config = self._ctx.config
+        config = self._config
         if config.directory_enabled:
             self._greenlets.append(gevent.spawn(self._health_check_loop))
         for entry in config.announce_to:
@@ -249,20 +255,20 @@ class Directory:
     def listing(self, limit: int) -> list[messages.ServerInfo]:
         """This server, then up to ``limit`` (0 = 100, at most 500) listed servers, the most recently
         heard from first; nothing at all when directory mode is off."""
-        if not self._ctx.config.directory_enabled:
+        if not self._config.directory_enabled:
             return []
         limit = min(limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
-        listed = self._ctx.store.list_discovered_servers(limit, self._fresh_since())
+        listed = self._store.list_discovered_servers(limit, self._fresh_since())
         return [self.self_entry(), *(_server_info(row) for row in listed)]
 
     def self_entry(self) -> messages.ServerInfo:
-        config = self._ctx.config
+        config = self._config
         return messages.ServerInfo(
             hostname=config.public_hostname or SELF_HOSTNAME_FALLBACK,
             port=self._listen_port(),
             name=config.server_name,
             description=config.server_description,
-            user_count=len(self._ctx.sessions),
+            user_count=len(self._sessions),
             max_users=config.max_users,
             uptime_seconds=self._uptime_seconds(),
             is_public=True,
@@ -280,38 +286,38 @@ class Directory:
 
     def _fresh_since(self) -> int:
         """The oldest last_seen (ms) of a server still listed."""
-        heartbeat_ms = self._ctx.config.heartbeat_interval_seconds * 1000
+        heartbeat_ms = self._config.heartbeat_interval_seconds * 1000
         return now_ms() - STALE_AFTER_HEARTBEATS * heartbeat_ms
 
     def _uptime_seconds(self) -> int:
         return int(time.monotonic() - self._started_at)
 
     def _channel_count(self) -> int:
-        return len(self._ctx.store.list_channels())
+        return len(self._store.list_channels())
 
     # -- health checks ---------------------------------------------------------------------------
 
     def _health_check_loop(self) -> None:
         while True:
-            gevent.sleep(self._ctx.config.health_check_interval_seconds)
+            gevent.sleep(self._config.health_check_interval_seconds)
             try:
                 self._check_listed_servers()
             except StorageError as exc:
-                if not self._ctx.writer.disk_space.tells(exc):
+                if not self._writer.disk_space.tells(exc):
                     log.error("Directory health check failed: database error: %s", exc)
 
     def _check_listed_servers(self) -> None:
         """Re-verify every listed server: keep the ones that answer, drop the others and the stale."""
-        ctx = self._ctx
-        listed = ctx.store.list_discovered_servers(None, self._fresh_since())
+        store, writer = self._store, self._writer
+        listed = store.list_discovered_servers(None, self._fresh_since())
         for row, failure in zip(listed, self._health_checks.map(_verification_failure, listed), strict=True):
             if failure:
                 log.warning("Removed server %s (%s) from the directory: health check failed: %s",
                             address_text(row.hostname, row.port), row.name, failure)
-                ctx.writer.run(ctx.store.remove_server, row.hostname, row.port)
+                writer.run(store.remove_server, row.hostname, row.port)
             else:
-                ctx.writer.run(ctx.store.mark_server_seen, row.hostname, row.port, now_ms())
-        for row in ctx.writer.run(ctx.store.remove_stale_servers, self._fresh_since()):
+                writer.run(store.mark_server_seen, row.hostname, row.port, now_ms())
+        for row in writer.run(store.remove_stale_servers, self._fresh_since()):
             silent = (now_ms() - row.last_seen) // 1000
             log.info("Removed server %s (%s) from the directory: not heard from for %d s",
                      address_text(row.hostname, row.port), row.name, silent)
@@ -351,7 +357,7 @@ class Directory:
 
     def _register(self, host: str, port: int) -> tuple[str, messages.RegisterAck]:
         """Ask to be listed; returns the hostname announced and the directory's answer."""
-        config = self._ctx.config
+        config = self._config
         with PeerConnection.open(host, port) as directory:
             hostname = config.public_hostname or directory.local_host
             directory.send(messages.RegisterServer(
@@ -372,7 +378,7 @@ class Directory:
             directory.send(messages.Heartbeat(
                 hostname=hostname,
                 port=self._listen_port(),
-                user_count=len(self._ctx.sessions),
+                user_count=len(self._sessions),
                 uptime_seconds=self._uptime_seconds(),
                 channel_count=self._channel_count(),
             ))
