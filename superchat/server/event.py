@@ -60,12 +60,16 @@ class Delivery(_Record):
 
 @dataclass(frozen=True)
 class ChannelCreated(_Record):
+    """A new channel: every session hears of it, every node lists it."""
+
     KIND = "channel_created"
     frame: bytes
 
 
 @dataclass(frozen=True)
 class ChannelDeleted(_Record):
+    """A deleted channel: its members and subscribers are let go, everyone is told."""
+
     KIND = "channel_deleted"
     channel_id: int
     frame: bytes
@@ -73,42 +77,47 @@ class ChannelDeleted(_Record):
 
 @dataclass(frozen=True)
 class UserDeleted(_Record):
+    """A deleted account: its sessions are expelled, everyone else is told."""
+
     KIND = "user_deleted"
     user_id: int
     frame: bytes
 
 
-# A ban travels whole, so that each node has it in force at once (a post checks the ban list);
-# lifted bans are read again from the database, by the reconciler.
+@dataclass(frozen=True)
+class _BanRecord(_Record):
+    """A ban just stored, travelling whole so that each node has it in force at once (a post
+    checks the ban list): the sessions it names are expelled (or shadowbanned). Lifted bans are
+    read again from the database, by the reconciler."""
+
+    ban: BanRow
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, Any]) -> _BanRecord:
+        return cls(BanRow(**fields["ban"]))
 
 
 @dataclass(frozen=True)
-class UserBanned(_Record):
+class UserBanned(_BanRecord):
     KIND = "user_banned"
-    ban: BanRow
-
-    @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> UserBanned:
-        return cls(BanRow(**fields["ban"]))
 
 
 @dataclass(frozen=True)
-class IpBanned(_Record):
+class IpBanned(_BanRecord):
     KIND = "ip_banned"
-    ban: BanRow
-
-    @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> IpBanned:
-        return cls(BanRow(**fields["ban"]))
 
 
 @dataclass(frozen=True)
 class BansLifted(_Record):
+    """Each node reads its ban list again from the database."""
+
     KIND = "bans_lifted"
 
 
 @dataclass(frozen=True)
 class ThreadsExpired(_Record):
+    """Threads retention deleted: their subscriptions are dropped."""
+
     KIND = "threads_expired"
     thread_ids: tuple[int, ...]
 

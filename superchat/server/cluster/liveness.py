@@ -49,13 +49,11 @@ return #entries
 class Liveness:
     """This node's heartbeat, which also finds the peers that joined, left or died."""
 
-    def __init__(self, node_id: str, run: str, link: RedisLink, roster: Roster, stream: EventStream):
-        self._node_id = node_id
-        self._run = run
+    def __init__(self, link: RedisLink, roster: Roster, stream: EventStream):
         self._link = link
         self._roster = roster
         self._stream = stream
-        self._alive_key = alive_key(node_id)
+        self._alive_key = alive_key(link.node_id)
         self._bury_script = link.redis.register_script(_BURY_SCRIPT)
         # Peers are not buried until then: after an outage every heartbeat key has expired at once.
         self._bury_after = 0.0
@@ -78,17 +76,17 @@ class Liveness:
         roster = self._roster
         departures = roster.departures
         pipe = self._link.redis.pipeline(transaction=False)
-        pipe.set(self._alive_key, self._run, ex=NODE_TTL_SECONDS, get=True)
-        pipe.sadd(NODES, self._node_id)
+        pipe.set(self._alive_key, self._link.run, ex=NODE_TTL_SECONDS, get=True)
+        pipe.sadd(NODES, self._link.node_id)
         pipe.smembers(NODES)
         previous, _, members = pipe.execute()
         self._link.reachable()
-        if previous is None or previous.decode() != self._run:
+        if previous is None or previous.decode() != self._link.run:
             # Redis lost our keys (restarted, or thought us dead: this node may have been frozen
             # while its connections lived): write our roster anew, and find what was missed.
             self._stream.start_over()
             roster.mark_stale()
-        others = sorted(member.decode() for member in members if member.decode() != self._node_id)
+        others = sorted(member.decode() for member in members if member.decode() != self._link.node_id)
         pipe = self._link.redis.pipeline(transaction=False)
         for other in others:
             pipe.exists(alive_key(other))
@@ -121,13 +119,13 @@ class Liveness:
     def leave(self) -> None:
         """Buries this node itself: the others drop it and its sessions at once."""
         self._link.redis.delete(self._alive_key)
-        self._bury_node(self._node_id)
+        self._bury_node(self._link.node_id)
 
     def _bury_node(self, node: str) -> int | None:
         """How many sessions the buried node had; None when another node got there first, or it is back."""
         sessions = self._bury_script(
             keys=[alive_key(node), NODES, roster_key(node), addresses_key(node), STREAM],
-            args=[node, self._node_id, self._run, STREAM_MAX_ENTRIES, NodeGone.KIND])
+            args=[node, self._link.node_id, self._link.run, STREAM_MAX_ENTRIES, NodeGone.KIND])
         if sessions is not None:
             metrics.cluster_events("published", 1)
         return sessions

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import secrets
 from collections.abc import Callable, Iterable
 
 import gevent
@@ -39,12 +38,10 @@ class Cluster:
         # Session ids from a range of this node's own.
         self.first_session_id = serial << SESSION_ID_BITS | 1
         self._link = RedisLink(url, node_id)
-        # Tells this run's events from an earlier run's of the same node id (for de-duplication).
-        run = secrets.token_hex(8)
         wake_writer = Signal()
-        self._roster = Roster(node_id, self._link, wake_writer.set)
-        self._stream = EventStream(node_id, run, self._link, self._roster, wake_writer)
-        self._liveness = Liveness(node_id, run, self._link, self._roster, self._stream)
+        self._roster = Roster(self._link, wake_writer.set)
+        self._stream = EventStream(self._link, self._roster, wake_writer)
+        self._liveness = Liveness(self._link, self._roster, self._stream)
         self._windows = SharedWindows(self._link)
         self._wake_writer = wake_writer
         self._greenlets: list[gevent.Greenlet] = []

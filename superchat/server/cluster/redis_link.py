@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Callable
 from typing import Any
 
@@ -18,12 +19,16 @@ RETRY_SECONDS = (0.1, 0.25, 0.5, 1.0, 2.0)
 
 
 class RedisLink:
-    """The Redis client every part of the node shares, and why Redis is unusable (``problem``).
+    """The Redis client every part of the node shares, who this node is to the others, and why
+    Redis is unusable (``problem``).
 
     Parts that keep state about Redis register what to do when it is lost and when it is back.
     """
 
     def __init__(self, url: str, node_id: str):
+        self.node_id = node_id
+        # Tells this run's entries from an earlier run's of the same node id (for de-duplication).
+        self.run = secrets.token_hex(8)
         # Named, so that CLIENT LIST in Redis tells which node holds which connection.
         pool = redis.BlockingConnectionPool.from_url(
             url, max_connections=32, timeout=2, socket_timeout=5, socket_connect_timeout=2,

@@ -34,8 +34,8 @@ def _remote_session(entry: dict) -> RemoteSession:
 class Roster:
     """The peers (the other live nodes) and their sessions; this node's roster changes to write."""
 
-    def __init__(self, node_id: str, link: RedisLink, wake_writer: Callable[[], None]):
-        self._node_id = node_id
+    def __init__(self, link: RedisLink, wake_writer: Callable[[], None]):
+        self._node_id = link.node_id
         self._link = link
         self._wake_writer = wake_writer
         # The other nodes, from when a heartbeat finds them alive until they are buried or leave.

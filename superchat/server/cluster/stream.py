@@ -37,12 +37,9 @@ ROSTER_KIND = "roster"
 
 
 class EventStream:
-    """This node's side of the stream: ``run`` tells this run's entries from an earlier run's of
-    the same node id (for de-duplication)."""
+    """This node's side of the stream."""
 
-    def __init__(self, node_id: str, run: str, link: RedisLink, roster: Roster, wake: Signal):
-        self._node_id = node_id
-        self._run = run
+    def __init__(self, link: RedisLink, roster: Roster, wake: Signal):
         self._link = link
         self._roster = roster
         self._wake = wake
@@ -119,8 +116,8 @@ class EventStream:
             # Ahead of the batch's events, so that a SERVER_PRESENCE they carry never comes before
             # the roster that lists the session. Unnumbered: it may be written again, and a roster
             # written again whole (after a failed write) replaces what came before.
-            meta = {"node": self._node_id, "full": resyncing, "entries": roster}
-            pipe.xadd(STREAM, {"node": self._node_id, "run": self._run, "seq": 0, "kind": ROSTER_KIND,
+            meta = {"node": self._link.node_id, "full": resyncing, "entries": roster}
+            pipe.xadd(STREAM, {"node": self._link.node_id, "run": self._link.run, "seq": 0, "kind": ROSTER_KIND,
                                "meta": json.dumps(meta), "frame": b""},
                       maxlen=STREAM_MAX_ENTRIES, approximate=True)
         batch = [self._outbox[i] for i in range(min(WRITE_BATCH, len(self._outbox)))]
@@ -140,7 +137,7 @@ class EventStream:
     def _fields(self, event: Event) -> dict:
         self._sequence += 1
         kind, meta, frame = encode(event)
-        return {"node": self._node_id, "run": self._run, "seq": self._sequence, "kind": kind,
+        return {"node": self._link.node_id, "run": self._link.run, "seq": self._sequence, "kind": kind,
                 "meta": meta, "frame": frame}
 
     # -- reading ----------------------------------------------------------------------------------
@@ -192,7 +189,7 @@ class EventStream:
             self._node_gone(decode(kind, fields[b"meta"], b""))
             return
         node, run = fields[b"node"].decode(), fields[b"run"].decode()
-        if node == self._node_id and run == self._run:
+        if node == self._link.node_id and run == self._link.run:
             return
         if kind == ROSTER_KIND:
             self._roster.apply(json.loads(fields[b"meta"]))
