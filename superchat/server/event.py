@@ -11,7 +11,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self, get_args
 
 from ..storage import BanRow
 
@@ -31,7 +31,7 @@ class _Record:
     KIND: ClassVar[str]
 
     @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> _Record:
+    def from_fields(cls, fields: dict[str, Any]) -> Self:
         """The record from its JSON fields (and its frame, for the kinds that carry one)."""
         return cls(**fields)
 
@@ -51,7 +51,7 @@ class Delivery(_Record):
     frame: bytes
 
     @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> Delivery:
+    def from_fields(cls, fields: dict[str, Any]) -> Self:
         private_to, post = fields["private_to"], fields["post"]
         return cls(fields["type_name"], Route(fields["route"]), fields["key"],
                    None if private_to is None else tuple(private_to), None if post is None else tuple(post),
@@ -93,7 +93,7 @@ class _BanRecord(_Record):
     ban: BanRow
 
     @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> _BanRecord:
+    def from_fields(cls, fields: dict[str, Any]) -> Self:
         return cls(BanRow(**fields["ban"]))
 
 
@@ -122,7 +122,7 @@ class ThreadsExpired(_Record):
     thread_ids: tuple[int, ...]
 
     @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> ThreadsExpired:
+    def from_fields(cls, fields: dict[str, Any]) -> Self:
         return cls(tuple(fields["thread_ids"]))
 
 
@@ -136,7 +136,7 @@ class SessionsGone(_Record):
     sessions: tuple[dict[str, Any], ...]
 
     @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> SessionsGone:
+    def from_fields(cls, fields: dict[str, Any]) -> Self:
         return cls(fields["node"], tuple(fields["sessions"]))
 
 
@@ -151,10 +151,7 @@ class NodeGone(SessionsGone):
 Event = (Delivery | ChannelCreated | ChannelDeleted | UserDeleted | UserBanned | IpBanned | BansLifted
          | ThreadsExpired | SessionsGone | NodeGone)
 
-_KINDS: dict[str, type[_Record]] = {
-    record.KIND: record for record in (Delivery, ChannelCreated, ChannelDeleted, UserDeleted, UserBanned, IpBanned,
-                                       BansLifted, ThreadsExpired, SessionsGone, NodeGone)
-}
+_KINDS: dict[str, type[Event]] = {record.KIND: record for record in get_args(Event)}
 
 
 def encode(event: Event) -> tuple[str, str, bytes]:
@@ -169,4 +166,4 @@ def decode(kind: str, fields_json: bytes | str, frame: bytes) -> Event:
     fields = json.loads(fields_json)
     if any(field.name == "frame" for field in dataclasses.fields(record)):
         fields["frame"] = frame
-    return record.from_fields(fields)  # type: ignore[return-value]
+    return record.from_fields(fields)

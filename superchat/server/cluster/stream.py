@@ -186,7 +186,7 @@ class EventStream:
         if kind == NodeGone.KIND:
             # Written by the burial itself, once, by whichever node buried: every node applies
             # it here, the burier too, in its place among the buried node's last events.
-            self._node_gone(decode(kind, fields[b"meta"], b""))
+            self._node_gone(NodeGone.from_fields(json.loads(fields[b"meta"])))
             return
         node, run = fields[b"node"].decode(), fields[b"run"].decode()
         if node == self._link.node_id and run == self._link.run:
