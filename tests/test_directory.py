@@ -4,7 +4,6 @@ import json
 import socket
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 
@@ -14,6 +13,7 @@ from superchat.protocol import messages as m
 from superchat.server.cluster import Solo
 from superchat.server.directory import Directory
 from superchat.server.session import SessionRegistry
+from superchat.server.writer import Writer
 from superchat.storage import Store
 from tests.client import Client
 from tests.server_process import free_port
@@ -114,8 +114,7 @@ def test_servers_json_has_the_reference_key_names(tmp_path):
     store = Store(tmp_path / "directory.db")
     try:
         store.register_server("10.0.0.7", 7000, "Seven", "Lucky", 10, True, 3, "10.0.0.7", int(time.time() * 1000))
-        ctx = SimpleNamespace(config=config, store=store, sessions=SessionRegistry(), cluster=Solo())
-        directory = Directory(ctx, lambda: 6465, time.monotonic())
+        directory = Directory(config, store, Writer(store), SessionRegistry(), Solo(), lambda: 6465, time.monotonic())
         document = json.loads(directory.servers_json())
     finally:
         store.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ from .bans import BanList
 from .cluster import Cluster, Solo
 from .context import ServerContext
 from .directory import Directory
+from .event import ThreadsExpired
 from .handlers.channels import CHANNEL_CREATE_WINDOW_SECONDS
 from .intake import PartialFrameMemory
 from .outbound import broadcast
@@ -69,10 +69,12 @@ class Server:
         metrics.cap_thread_series(config.max_thread_series)
         metrics.count_thread_subscribers(sessions.thread_subscriber_counts)
         bans = BanList(store)
+        writer = Writer(store)
+        self.directory = Directory(config, store, writer, sessions, cluster, lambda: self.port, time.monotonic())
         self.ctx = ServerContext(
             config=config,
             store=store,
-            writer=Writer(store),
+            writer=writer,
             sessions=sessions,
             bans=bans,
             logins=LoginThrottle(cluster),
@@ -81,10 +83,8 @@ class Server:
             channel_creates=cluster.limit("channel-creates", config.max_channel_creates, CHANNEL_CREATE_WINDOW_SECONDS),
             reconciler=Reconciler(store, bans, sessions),
             partial_frames=PartialFrameMemory(config.partial_frame_memory_mb * 1024 * 1024),
+            directory=self.directory,
         )
-        self.directory = Directory(self.ctx, lambda: self.port, time.monotonic())
-        # Handlers reach the directory through the context, which it is itself built from.
-        self.ctx = dataclasses.replace(self.ctx, directory=self.directory)
         self.runner = SessionRunner(self.ctx)
         self._listener = self._client_listener(config.tcp_port, TcpHandler(self.runner))
         # The same sessions by WebSocket and SSH, on ports of their own (0 turns one off).
@@ -184,8 +184,7 @@ class Server:
         if removed.messages:
             log.info("Cleaned up %d expired messages", removed.messages)
         if removed.threads:
-            expired = [thread_id for _, thread_id in removed.threads]
-            events.emit(ctx, events.Event("threads_expired", {"thread_ids": expired}))
+            events.emit(ctx, ThreadsExpired(tuple(thread_id for _, thread_id in removed.threads)))
         metrics.threads_expired(removed.threads)
 
     def stop(self) -> None:

@@ -9,14 +9,13 @@ from ..config import Config
 from ..storage import Store
 from .bans import BanList
 from .intake import PartialFrameMemory
-from .limits import PerAddressLimit
 from .passwords import LoginThrottle
 from .reconcile import Reconciler
 from .session import SessionRegistry
 from .writer import Writer
 
 if TYPE_CHECKING:
-    from .cluster import Cluster, SharedLimit, Solo
+    from .cluster.link import ClusterLink, Limit
     from .directory import Directory
 
 
@@ -29,15 +28,14 @@ class ServerContext:
     bans: BanList
     logins: LoginThrottle
     # This node alone, or its link to the other nodes of the same server.
-    cluster: Solo | Cluster
+    cluster: ClusterLink
     # Accounts created per client address (REGISTER_USER and SSH keys alike), on all nodes.
-    registrations: PerAddressLimit | SharedLimit
+    registrations: Limit
     # Channels created per user, on all nodes.
-    channel_creates: PerAddressLimit | SharedLimit
+    channel_creates: Limit
     # The database work that bans and deletions call for, off the delivering greenlets.
     reconciler: Reconciler
     # What the unfinished frames of all sessions may hold together.
     partial_frames: PartialFrameMemory
-    # The directory is built from the context itself, so the Server adds it right after with
-    # dataclasses.replace(); only that first, directory-less context ever lacks it.
-    directory: Directory | None = None
+    # This server's list of servers and its announcements to other directories.
+    directory: Directory

@@ -11,45 +11,28 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import secrets
-import socket
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import gevent
 from gevent.pool import Pool
 
-from ..config import directory_address
-from ..protocol import (
-    PROTOCOL_VERSION,
-    DecodeError,
-    ErrorCode,
-    FrameDecoder,
-    FrameError,
-    PayloadError,
-    decode_payload,
-    encode_message,
-    messages,
-    type_name,
-)
-from ..storage import DiscoveredServerRow, StorageError
+from ..config import Config, directory_address
+from ..protocol import ErrorCode, messages
+from ..storage import DiscoveredServerRow, StorageError, Store
 from .bans import now_ms
+from .peer import FRAME_SECONDS, NotRegistered, PeerConnection, PeerError, PeerRefused, address_text, verify_server
 
 if TYPE_CHECKING:
-    from .context import ServerContext
+    from .cluster.link import ClusterLink
+    from .session import SessionRegistry
+    from .writer import Writer
 
 log = logging.getLogger("superchat.directory")
 
-CONNECT_SECONDS = 10.0
-FRAME_SECONDS = 10.0
-# A whole verification stays well inside the 30 s an announcer waits for its REGISTER_ACK.
-VERIFY_SECONDS = 20.0
+# How long an announcer waits for a directory's REGISTER_ACK (peer.VERIFY_SECONDS stays inside it).
 REGISTER_ACK_SECONDS = 30.0
-# Writes to a peer that stopped reading give up after this.
-SEND_SECONDS = 10.0
-RECV_BYTES = 64 * 1024
 
 DEFAULT_LIST_LIMIT = 100
 MAX_LIST_LIMIT = 500
@@ -65,156 +48,6 @@ RETRY_MAX_SECONDS = 60.0
 SELF_HOSTNAME_FALLBACK = "localhost"
 
 
-class PeerError(Exception):
-    """A conversation with another server failed; str() says why."""
-
-    @property
-    def public_text(self) -> str:
-        """Why, as far as the client that asked may know."""
-        return str(self)
-
-
-class Unreachable(PeerError):
-    """No connection to the other server could be made."""
-
-    def __init__(self, where: str, why: str):
-        super().__init__(f"could not connect to {where}: {why}")
-        self.where = where
-
-    @property
-    def public_text(self) -> str:
-        # Refused or timed out would tell a client which ports answer on the directory's network.
-        return f"could not connect to {self.where}"
-
-
-class PeerRefused(PeerError):
-    """The other server answered with an ERROR frame."""
-
-    def __init__(self, code: int, text: str):
-        super().__init__(f"error {code}: {text}")
-        self.code = code
-
-
-class NotRegistered(PeerError):
-    """The directory does not list this server (any more)."""
-
-
-class PeerConnection:
-    """A short client conversation with another SuperChat server; every wait is bounded."""
-
-    def __init__(self, sock: socket.socket):
-        self._sock = sock
-        self._decoder = FrameDecoder()
-        self._frames: deque = deque()
-
-    @classmethod
-    def open(cls, host: str, port: int) -> PeerConnection:
-        """Connect and take the SERVER_CONFIG every server sends first."""
-        where = address_text(host, port)
-        # The timeout covers the name lookup too, which the socket timeout does not.
-        try:
-            with gevent.Timeout(CONNECT_SECONDS, Unreachable(where, "timed out")):
-                sock = socket.create_connection((host, port), timeout=CONNECT_SECONDS)
-        except (OSError, ValueError) as exc:  # ValueError: a name the resolver cannot even encode
-            raise Unreachable(where, str(exc)) from exc
-        peer = cls(sock)
-        try:
-            config = peer.expect(messages.ServerConfig, FRAME_SECONDS)
-        except BaseException:
-            sock.close()
-            raise
-        if config.protocol_version != PROTOCOL_VERSION:
-            peer.close()
-            raise PeerError(f"{where} speaks protocol version {config.protocol_version}, not {PROTOCOL_VERSION}")
-        return peer
-
-    def __enter__(self) -> PeerConnection:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    @property
-    def local_host(self) -> str:
-        """Our address on this connection: how the other server sees us."""
-        return self._sock.getsockname()[0]
-
-    def send(self, msg) -> None:
-        self._sock.settimeout(SEND_SECONDS)
-        try:
-            self._sock.sendall(encode_message(msg))
-        except OSError as exc:
-            raise PeerError(f"sending {msg.NAME} failed: {exc}") from exc
-
-    def expect(self, wanted: type, seconds: float):
-        """The next ``wanted`` message within ``seconds``. Anything else the server sends meanwhile
-        (presence, new channels) is skipped; an ERROR fails."""
-        deadline = time.monotonic() + seconds
-        while True:
-            msg = self._next_message(deadline, wanted)
-            if isinstance(msg, wanted):
-                return msg
-            if isinstance(msg, messages.Error):
-                raise PeerRefused(msg.error_code, msg.message)
-
-    def close(self) -> None:
-        """Say goodbye (as far as the peer is still listening) and close."""
-        try:
-            self.send(messages.Disconnect())
-        except PeerError:
-            pass
-        finally:
-            self._sock.close()
-
-    def _next_message(self, deadline: float, wanted: type):
-        while True:
-            while self._frames:
-                frame = self._frames.popleft()
-                try:
-                    return decode_payload(frame.type, frame.unwrapped_payload())
-                except KeyError:
-                    continue  # a type this server does not know is nothing we wait for
-                except (DecodeError, PayloadError) as exc:
-                    raise PeerError(f"malformed {type_name(frame.type)}: {exc}") from exc
-            try:
-                self._frames.extend(self._decoder.feed(self._receive(deadline, wanted)))
-            except FrameError as exc:
-                raise PeerError(f"invalid frame: {exc}") from exc
-
-    def _receive(self, deadline: float, wanted: type) -> bytes:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise PeerError(f"no {wanted.NAME} in time")
-        self._sock.settimeout(remaining)
-        try:
-            data = self._sock.recv(RECV_BYTES)
-        except TimeoutError:
-            raise PeerError(f"no {wanted.NAME} in time") from None
-        except OSError as exc:
-            raise PeerError(f"reading failed: {exc}") from exc
-        if not data:
-            raise PeerError(f"connection closed before {wanted.NAME}")
-        return data
-
-
-def verify_server(host: str, port: int) -> None:
-    """Prove that a SuperChat server answers at host:port by having it echo a random challenge.
-
-    Raises PeerError saying why not.
-    """
-    challenge = secrets.randbits(64)
-    with gevent.Timeout(VERIFY_SECONDS, PeerError(f"no answer within {VERIFY_SECONDS:.0f} s")):
-        with PeerConnection.open(host, port) as peer:
-            peer.send(messages.VerifyRegistration(challenge=challenge))
-            answer = peer.expect(messages.VerifyResponse, FRAME_SECONDS)
-    if answer.challenge != challenge:
-        raise PeerError("wrong answer to the verification challenge")
-
-
-def address_text(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 class Directory:
     """This server's side of discovery: its list, its health checks and its announcements.
 
@@ -222,17 +55,21 @@ class Directory:
     ``started_at`` is the ``time.monotonic()`` of the start, for uptime.
     """
 
-    def __init__(self, ctx: ServerContext, listen_port: Callable[[], int], started_at: float):
-        self._ctx = ctx
+    def __init__(self, config: Config, store: Store, writer: Writer, sessions: SessionRegistry,
+                 cluster: ClusterLink, listen_port: Callable[[], int], started_at: float):
+        self._config = config
+        self._store = store
+        self._writer = writer
+        self._sessions = sessions
         self._listen_port = listen_port
         self._started_at = started_at
-        self.registrations = ctx.cluster.limit("directory-registrations", REGISTRATIONS_PER_WINDOW,
-                                               REGISTRATION_WINDOW_SECONDS)
+        self.registrations = cluster.limit("directory-registrations", REGISTRATIONS_PER_WINDOW,
+                                           REGISTRATION_WINDOW_SECONDS)
         self._greenlets: list[gevent.Greenlet] = []
         self._health_checks = Pool(HEALTH_CHECK_CONCURRENCY)
 
     def start(self) -> None:
-        config = self._ctx.config
+        config = self._config
         if config.directory_enabled:
             self._greenlets.append(gevent.spawn(self._health_check_loop))
         for entry in config.announce_to:
@@ -249,20 +86,20 @@ class Directory:
     def listing(self, limit: int) -> list[messages.ServerInfo]:
         """This server, then up to ``limit`` (0 = 100, at most 500) listed servers, the most recently
         heard from first; nothing at all when directory mode is off."""
-        if not self._ctx.config.directory_enabled:
+        if not self._config.directory_enabled:
             return []
         limit = min(limit or DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT)
-        listed = self._ctx.store.list_discovered_servers(limit, self._fresh_since())
+        listed = self._store.list_discovered_servers(limit, self._fresh_since())
         return [self.self_entry(), *(_server_info(row) for row in listed)]
 
     def self_entry(self) -> messages.ServerInfo:
-        config = self._ctx.config
+        config = self._config
         return messages.ServerInfo(
             hostname=config.public_hostname or SELF_HOSTNAME_FALLBACK,
             port=self._listen_port(),
             name=config.server_name,
             description=config.server_description,
-            user_count=len(self._ctx.sessions),
+            user_count=len(self._sessions),
             max_users=config.max_users,
             uptime_seconds=self._uptime_seconds(),
             is_public=True,
@@ -280,38 +117,38 @@ class Directory:
 
     def _fresh_since(self) -> int:
         """The oldest last_seen (ms) of a server still listed."""
-        heartbeat_ms = self._ctx.config.heartbeat_interval_seconds * 1000
+        heartbeat_ms = self._config.heartbeat_interval_seconds * 1000
         return now_ms() - STALE_AFTER_HEARTBEATS * heartbeat_ms
 
     def _uptime_seconds(self) -> int:
         return int(time.monotonic() - self._started_at)
 
     def _channel_count(self) -> int:
-        return len(self._ctx.store.list_channels())
+        return len(self._store.list_channels())
 
     # -- health checks ---------------------------------------------------------------------------
 
     def _health_check_loop(self) -> None:
         while True:
-            gevent.sleep(self._ctx.config.health_check_interval_seconds)
+            gevent.sleep(self._config.health_check_interval_seconds)
             try:
                 self._check_listed_servers()
             except StorageError as exc:
-                if not self._ctx.writer.disk_space.tells(exc):
+                if not self._writer.disk_space.tells(exc):
                     log.error("Directory health check failed: database error: %s", exc)
 
     def _check_listed_servers(self) -> None:
         """Re-verify every listed server: keep the ones that answer, drop the others and the stale."""
-        ctx = self._ctx
-        listed = ctx.store.list_discovered_servers(None, self._fresh_since())
+        store, writer = self._store, self._writer
+        listed = store.list_discovered_servers(None, self._fresh_since())
         for row, failure in zip(listed, self._health_checks.map(_verification_failure, listed), strict=True):
             if failure:
                 log.warning("Removed server %s (%s) from the directory: health check failed: %s",
                             address_text(row.hostname, row.port), row.name, failure)
-                ctx.writer.run(ctx.store.remove_server, row.hostname, row.port)
+                writer.run(store.remove_server, row.hostname, row.port)
             else:
-                ctx.writer.run(ctx.store.mark_server_seen, row.hostname, row.port, now_ms())
-        for row in ctx.writer.run(ctx.store.remove_stale_servers, self._fresh_since()):
+                writer.run(store.mark_server_seen, row.hostname, row.port, now_ms())
+        for row in writer.run(store.remove_stale_servers, self._fresh_since()):
             silent = (now_ms() - row.last_seen) // 1000
             log.info("Removed server %s (%s) from the directory: not heard from for %d s",
                      address_text(row.hostname, row.port), row.name, silent)
@@ -351,7 +188,7 @@ class Directory:
 
     def _register(self, host: str, port: int) -> tuple[str, messages.RegisterAck]:
         """Ask to be listed; returns the hostname announced and the directory's answer."""
-        config = self._ctx.config
+        config = self._config
         with PeerConnection.open(host, port) as directory:
             hostname = config.public_hostname or directory.local_host
             directory.send(messages.RegisterServer(
@@ -372,7 +209,7 @@ class Directory:
             directory.send(messages.Heartbeat(
                 hostname=hostname,
                 port=self._listen_port(),
-                user_count=len(self._ctx.sessions),
+                user_count=len(self._sessions),
                 uptime_seconds=self._uptime_seconds(),
                 channel_count=self._channel_count(),
             ))

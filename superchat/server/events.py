@@ -1,24 +1,36 @@
 """What a handler does to sessions beyond the one it answers, as events every node applies.
 
 A handler describes an effect (deliver this frame to a channel's subscribers, expel the
-sessions of a deleted user, ...) as an Event and calls ``emit``: the event is applied to this
-node's sessions at once and handed to the cluster, which applies it on every other node with
-the same code. Frames travel already encoded, so a frame is encoded once in the whole cluster.
+sessions of a deleted user, ...) as an event record (event.py) and calls ``emit``: the event is
+applied to this node's sessions at once and handed to the cluster, which applies it on every
+other node with the same code. Frames travel already encoded, so a frame is encoded once in the
+whole cluster.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..observability import metrics
 from ..protocol import encode_message, flags, messages
-from ..storage import BanRow
 from . import bans as banlist
+from .event import (
+    BansLifted,
+    ChannelCreated,
+    ChannelDeleted,
+    Delivery,
+    Event,
+    IpBanned,
+    NodeGone,
+    Route,
+    SessionsGone,
+    ThreadsExpired,
+    UserBanned,
+    UserDeleted,
+)
 from .outbound import expel
 from .session import Session
 
@@ -27,37 +39,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("superchat.events")
 
-# Who a delivery goes to, resolved on each node against its own sessions.
-CHANNEL_SUBSCRIBERS = "channel_subscribers"
-THREAD_SUBSCRIBERS = "thread_subscribers"
-CHANNEL_AUDIENCE = "channel_audience"  # joined or subscribed: who hears edits, deletions, presence
-ROSTER_WATCHERS = "roster_watchers"  # sessions that asked for LIST_USERS
-EVERYONE = "everyone"
-
-
-@dataclass(frozen=True)
-class Event:
-    kind: str
-    meta: dict = field(default_factory=dict)
-    frame: bytes = b""
-
 
 def emit(ctx: ServerContext, event: Event, exclude: Session | None = None, also: Session | None = None) -> int:
     """Apply an event here, then on every other node. ``exclude`` and ``also`` name a session
     of this node (the one acting) and matter only here. Returns the local recipients."""
-    recipients = _APPLIERS[event.kind](ctx, event, exclude, also)
+    recipients = _APPLIERS[type(event)](ctx, event, exclude, also)
     ctx.cluster.publish(event)
     return recipients
 
 
 def apply_remote(ctx: ServerContext, event: Event) -> None:
     """An event another node emitted."""
-    _APPLIERS[event.kind](ctx, event, None, None)
+    _APPLIERS[type(event)](ctx, event, None, None)
 
 
 def deliver(
     ctx: ServerContext,
-    route: str,
+    route: Route,
     key: int | None,
     msg,
     *,
@@ -66,43 +64,41 @@ def deliver(
     also: Session | None = None,
     post: tuple[str, int, int | None] | None = None,
 ) -> int:
-    """Send ``msg`` to the sessions ``route`` names on every node; ``private_to`` (author id,
-    nickname) limits a shadowed message to its author and the admins; ``post`` (kind, channel,
-    thread) marks a new message for the broadcast metrics. Returns local recipients."""
-    meta = {"type": msg.NAME, "route": route, "key": key, "private_to": private_to, "post": post}
+    """Send ``msg`` to the sessions ``route`` names on every node (see Delivery for ``private_to``
+    and ``post``). Returns local recipients."""
     if ctx.cluster.shared:
-        return emit(ctx, Event("deliver", meta, encode_message(msg)), exclude, also)
+        return emit(ctx, Delivery(msg.NAME, route, key, private_to, post, encode_message(msg)), exclude, also)
     # A single node: no event to share, and no encoding when nobody listens.
-    audience = _audience(ctx, meta, exclude, also)
-    return _deliver_frame(audience, meta, encode_message(msg) if audience else b"")
+    audience = _audience(ctx, route, key, private_to, exclude, also)
+    return _send_delivery(audience, msg.NAME, post, encode_message(msg) if audience else b"")
 
 
-def _deliver_frame(audience: list[Session], meta: dict, frame: bytes) -> int:
+def _send_delivery(audience: list[Session], type_name: str, post: tuple[str, int, int | None] | None,
+                   frame: bytes) -> int:
     started = time.perf_counter()
-    recipients = _send_all(audience, frame, meta["type"])
-    if meta["post"] is not None:
-        kind, channel_id, thread_id = meta["post"]
+    recipients = _send_all(audience, frame, type_name)
+    if post is not None:
+        kind, channel_id, thread_id = post
         metrics.message_broadcast(kind, channel_id, thread_id, recipients, time.perf_counter() - started)
     return recipients
 
 
-def _audience(ctx: ServerContext, meta: dict, exclude: Session | None, also: Session | None) -> list[Session]:
+def _audience(ctx: ServerContext, route: Route, key: int | None, private_to: tuple[int | None, str] | None,
+              exclude: Session | None, also: Session | None) -> list[Session]:
     sessions = ctx.sessions
-    route, key = meta["route"], meta["key"]
-    if route == CHANNEL_SUBSCRIBERS:
+    if route is Route.CHANNEL_SUBSCRIBERS:
         audience: Iterable[Session] = sessions.channel_subscribers(key)
-    elif route == THREAD_SUBSCRIBERS:
+    elif route is Route.THREAD_SUBSCRIBERS:
         audience = sessions.thread_subscribers(key)
-    elif route == CHANNEL_AUDIENCE:
+    elif route is Route.CHANNEL_AUDIENCE:
         audience = sessions.channel_audience(key)
-    elif route == ROSTER_WATCHERS:
+    elif route is Route.ROSTER_WATCHERS:
         audience = sessions.roster_watchers
     else:
         audience = sessions.by_id.values()
     chosen = [s for s in audience if s is not exclude and s is not also]
     if also is not None:
         chosen.append(also)
-    private_to = meta.get("private_to")
     if private_to is not None:
         chosen = [s for s in chosen if is_author(s, *private_to) or is_admin(s)]
     return chosen
@@ -134,42 +130,34 @@ def _living(ctx: ServerContext) -> list[Session]:
 # --- appliers: (ctx, event, exclude, also) -> local recipients -------------------------------
 
 
-def _deliver(ctx: ServerContext, event: Event, exclude: Session | None, also: Session | None) -> int:
-    return _deliver_frame(_audience(ctx, event.meta, exclude, also), event.meta, event.frame)
+def _deliver(ctx: ServerContext, event: Delivery, exclude: Session | None, also: Session | None) -> int:
+    audience = _audience(ctx, event.route, event.key, event.private_to, exclude, also)
+    return _send_delivery(audience, event.type_name, event.post, event.frame)
 
 
-def _channel_created(ctx: ServerContext, event: Event, exclude: Session | None, _: Session | None) -> int:
+def _channel_created(ctx: ServerContext, event: ChannelCreated, exclude: Session | None, _: Session | None) -> int:
     ctx.store.channels_changed()
     return _send_all((s for s in _living(ctx) if s is not exclude), event.frame, messages.ChannelCreated.NAME)
 
 
-def _channel_deleted(ctx: ServerContext, event: Event, *_: Session | None) -> int:
+def _channel_deleted(ctx: ServerContext, event: ChannelDeleted, *_: Session | None) -> int:
     # The reconciler may have found the deletion in the database first, and told the clients.
-    if not ctx.reconciler.channel_deleted(event.meta["channel_id"]):
+    if not ctx.reconciler.channel_deleted(event.channel_id):
         return 0
     ctx.store.channels_changed()
-    ctx.sessions.forget_channel(event.meta["channel_id"])
+    ctx.sessions.forget_channel(event.channel_id)
     return _send_all(_living(ctx), event.frame, messages.ChannelDeleted.NAME)
 
 
-def _user_deleted(ctx: ServerContext, event: Event, *_: Session | None) -> int:
-    for session in ctx.sessions.sessions_of_user(event.meta["user_id"]):
+def _user_deleted(ctx: ServerContext, event: UserDeleted, *_: Session | None) -> int:
+    for session in ctx.sessions.sessions_of_user(event.user_id):
         expel(session, "Your account has been deleted")
     # The expelled sessions' last word is their DISCONNECT; everyone else hears of the deletion.
     return _send_all(_living(ctx), event.frame, messages.UserDeleted.NAME)
 
 
-# A ban travels whole, so that each node has it in force at once (a post checks the ban list);
-# lifted bans are read again from the database, by the reconciler.
-
-
-def ban_event(kind: str, ban: BanRow) -> Event:
-    """A "user_banned" or "ip_banned" event for a ban just stored."""
-    return Event(kind, {"ban": dataclasses.asdict(ban)})
-
-
-def _user_banned(ctx: ServerContext, event: Event, exclude: Session | None, _: Session | None) -> int:
-    ban = BanRow(**event.meta["ban"])
+def _user_banned(ctx: ServerContext, event: UserBanned, exclude: Session | None, _: Session | None) -> int:
+    ban = event.ban
     ctx.bans.add(ban)
     for session in list(ctx.sessions.by_id.values()):
         named = (ban.user_id is not None and session.user_id == ban.user_id) or (
@@ -183,8 +171,8 @@ def _user_banned(ctx: ServerContext, event: Event, exclude: Session | None, _: S
     return 0
 
 
-def _ip_banned(ctx: ServerContext, event: Event, *_: Session | None) -> int:
-    ban = BanRow(**event.meta["ban"])
+def _ip_banned(ctx: ServerContext, event: IpBanned, *_: Session | None) -> int:
+    ban = event.ban
     ctx.bans.add(ban)
     network = banlist.parse_network(ban.ip_cidr)
     for session in list(ctx.sessions.by_id.values()):
@@ -198,16 +186,16 @@ def _bans_lifted(ctx: ServerContext, *_) -> int:
     return 0
 
 
-def _threads_expired(ctx: ServerContext, event: Event, *_: Session | None) -> int:
-    ctx.sessions.forget_threads(event.meta["thread_ids"])
+def _threads_expired(ctx: ServerContext, event: ThreadsExpired, *_: Session | None) -> int:
+    ctx.sessions.forget_threads(event.thread_ids)
     return 0
 
 
-def _sessions_gone(ctx: ServerContext, event: Event, *_: Session | None) -> int:
+def _sessions_gone(ctx: ServerContext, event: SessionsGone, *_: Session | None) -> int:
     """A node's sessions are gone (it died or left, or these are its previous run's): they leave
     every roster and channel they were seen in."""
     count = 0
-    for entry in event.meta["sessions"]:
+    for entry in event.sessions:
         if entry["session_id"] in ctx.sessions.by_id:
             continue  # this node's own, alive: it was only thought gone (its heartbeat was late)
         identity = {key: entry[key] for key in ("session_id", "nickname", "is_registered", "user_id", "user_flags")}
@@ -224,15 +212,15 @@ def _sessions_gone(ctx: ServerContext, event: Event, *_: Session | None) -> int:
     return count
 
 
-_APPLIERS: dict[str, Callable[[ServerContext, Event, Session | None, Session | None], int]] = {
-    "deliver": _deliver,
-    "channel_created": _channel_created,
-    "channel_deleted": _channel_deleted,
-    "user_deleted": _user_deleted,
-    "user_banned": _user_banned,
-    "ip_banned": _ip_banned,
-    "bans_lifted": _bans_lifted,
-    "threads_expired": _threads_expired,
-    "sessions_gone": _sessions_gone,
-    "node_gone": _sessions_gone,
+_APPLIERS: dict[type, Callable[[ServerContext, Any, Session | None, Session | None], int]] = {
+    Delivery: _deliver,
+    ChannelCreated: _channel_created,
+    ChannelDeleted: _channel_deleted,
+    UserDeleted: _user_deleted,
+    UserBanned: _user_banned,
+    IpBanned: _ip_banned,
+    BansLifted: _bans_lifted,
+    ThreadsExpired: _threads_expired,
+    SessionsGone: _sessions_gone,
+    NodeGone: _sessions_gone,
 }

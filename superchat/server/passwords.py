@@ -18,7 +18,7 @@ from gevent.lock import Semaphore
 from gevent.threadpool import ThreadPool
 
 if TYPE_CHECKING:
-    from .cluster import Cluster, Solo
+    from .cluster.link import ClusterLink
 
 log = logging.getLogger("superchat.accounts")
 
@@ -79,7 +79,7 @@ class LoginThrottle:
 
     SWEEP_THRESHOLD = 1024
 
-    def __init__(self, cluster: Solo | Cluster, max_failures: int = 5, window_seconds: float = 300.0,
+    def __init__(self, cluster: ClusterLink, max_failures: int = 5, window_seconds: float = 300.0,
                  block_seconds: float = 300.0):
         self._cluster = cluster
         self._max_failures = max_failures

@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..protocol import ErrorCode, messages
 from . import events
 from .context import ServerContext
+from .event import Route
 from .limits import SlidingWindow
 from .outbound import Refused
 from .session import Session
@@ -33,7 +34,7 @@ def allow_change(session: Session) -> None:
 def server_presence(ctx: ServerContext, session: Session, online: bool, to_self: bool = True) -> None:
     if not session.nickname:
         return
-    events.deliver(ctx, events.ROSTER_WATCHERS, None, messages.ServerPresence(**session.identity(), online=online),
+    events.deliver(ctx, Route.ROSTER_WATCHERS, None, messages.ServerPresence(**session.identity(), online=online),
                    exclude=None if to_self else session)
 
 
@@ -43,11 +44,11 @@ def channel_presence(ctx: ServerContext, session: Session, channel_id: int, join
         return
     notice = messages.ChannelPresence(channel_id=channel_id, **session.identity(), joined=joined)
     if not to_self:
-        events.deliver(ctx, events.CHANNEL_AUDIENCE, channel_id, notice, exclude=session)
+        events.deliver(ctx, Route.CHANNEL_AUDIENCE, channel_id, notice, exclude=session)
     elif not joined:  # the leaver is no longer a member but learns it left
-        events.deliver(ctx, events.CHANNEL_AUDIENCE, channel_id, notice, also=session)
+        events.deliver(ctx, Route.CHANNEL_AUDIENCE, channel_id, notice, also=session)
     else:
-        events.deliver(ctx, events.CHANNEL_AUDIENCE, channel_id, notice)
+        events.deliver(ctx, Route.CHANNEL_AUDIENCE, channel_id, notice)
 
 
 def identity_changed(ctx: ServerContext, session: Session) -> None:

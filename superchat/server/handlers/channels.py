@@ -8,6 +8,7 @@ from ...protocol import ErrorCode, encode_message, messages
 from ...storage import ChannelExists
 from .. import events, presence
 from ..context import ServerContext
+from ..event import ChannelCreated
 from ..outbound import Refused, send
 from ..session import Session
 
@@ -112,7 +113,7 @@ def create_channel(ctx: ServerContext, session: Session, msg) -> None:
         message=f"Channel '{msg.display_name}' created successfully",
     )
     send(session, created)
-    events.emit(ctx, events.Event("channel_created", frame=encode_message(created)), exclude=session)
+    events.emit(ctx, ChannelCreated(encode_message(created)), exclude=session)
 
 
 def _channel_problem(msg) -> str:

@@ -7,9 +7,9 @@ import logging
 from ...protocol import ErrorCode, messages
 from ..bans import now_ms
 from ..context import ServerContext
-from ..directory import PeerError, address_text, verify_server
 from ..outbound import Refused, send
 from ..passwords import LoginThrottle
+from ..peer import PeerError, address_text, verify_server
 from ..session import Session
 
 log = logging.getLogger("superchat.directory")

@@ -9,6 +9,7 @@ from ...storage import StorageError
 from .. import bans as banlist
 from .. import events
 from ..context import ServerContext
+from ..event import BansLifted, ChannelDeleted, IpBanned, UserBanned, UserDeleted
 from ..outbound import Refused, send
 from ..session import Session
 
@@ -93,7 +94,7 @@ def ban_user(ctx: ServerContext, session: Session, msg) -> None:
     target = nickname or f"user_id:{user_id}"
     _audit(ctx, session, "BAN_USER", f"banned user {target} (ban_id={ban.id}, reason={msg.reason!r}, "
                                      f"shadowban={msg.shadowban}, {banlist.describe(ban).split('.')[0]})")
-    events.emit(ctx, events.ban_event("user_banned", ban), exclude=session)
+    events.emit(ctx, UserBanned(ban), exclude=session)
     answer(f"User {target} banned successfully", ban.id)
 
 
@@ -128,7 +129,7 @@ def ban_ip(ctx: ServerContext, session: Session, msg) -> None:
     ban = ctx.writer.run(ctx.store.add_ip_ban, str(network), msg.reason, _until(msg.duration_seconds), session.nickname)
     _audit(ctx, session, "BAN_IP", f"banned IP {network} (ban_id={ban.id}, reason={msg.reason!r}, "
                                    f"{banlist.describe(ban).split('.')[0]})")
-    events.emit(ctx, events.ban_event("ip_banned", ban))
+    events.emit(ctx, IpBanned(ban))
     answer(f"IP {network} banned successfully", ban.id)
 
 
@@ -156,7 +157,7 @@ def unban_user(ctx: ServerContext, session: Session, msg) -> None:
     target = nickname or f"user_id:{user_id}"
     _audit(ctx, session, "UNBAN_USER", f"unbanned user {target} ({removed} bans removed)")
     ctx.bans.reload()
-    events.emit(ctx, events.Event("bans_lifted"))
+    events.emit(ctx, BansLifted())
     answer(f"User {target} unbanned successfully ({removed} bans removed)", True)
 
 
@@ -177,7 +178,7 @@ def unban_ip(ctx: ServerContext, session: Session, msg) -> None:
         return
     _audit(ctx, session, "UNBAN_IP", f"unbanned IP {network} ({removed} bans removed)")
     ctx.bans.reload()
-    events.emit(ctx, events.Event("bans_lifted"))
+    events.emit(ctx, BansLifted())
     answer(f"IP {network} unbanned successfully ({removed} bans removed)", True)
 
 
@@ -216,7 +217,7 @@ def delete_user(ctx: ServerContext, session: Session, msg) -> None:
         message=f"User '{user.nickname}' deleted successfully "
                 f"(messages anonymized, {expelled} sessions disconnected)",
     )
-    events.emit(ctx, events.Event("user_deleted", {"user_id": user.id}, encode_message(notice)))
+    events.emit(ctx, UserDeleted(user.id, encode_message(notice)))
 
 
 def delete_channel(ctx: ServerContext, session: Session, msg) -> None:
@@ -235,7 +236,7 @@ def delete_channel(ctx: ServerContext, session: Session, msg) -> None:
     notice = messages.ChannelDeleted(
         success=True, channel_id=channel.id, message=f"Channel '{channel.name}' deleted successfully"
     )
-    events.emit(ctx, events.Event("channel_deleted", {"channel_id": channel.id}, encode_message(notice)))
+    events.emit(ctx, ChannelDeleted(channel.id, encode_message(notice)))
 
 
 HANDLERS = {

@@ -9,6 +9,7 @@ from ...storage import MessageRow, NewPost, PostRejected, Viewer
 from .. import events
 from ..bans import describe
 from ..context import ServerContext
+from ..event import Route
 from ..limits import SlidingWindow
 from ..outbound import Refused, send
 from ..session import Session
@@ -99,9 +100,9 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
     log.info("%s POST_MESSAGE channel=%d message=%d session=%d", session.nickname, stored.channel_id,
              stored.id, session.id)
     if stored.parent_id is None:
-        route, key, post = events.CHANNEL_SUBSCRIBERS, stored.channel_id, ("channel", stored.channel_id, None)
+        route, key, post = Route.CHANNEL_SUBSCRIBERS, stored.channel_id, ("channel", stored.channel_id, None)
     else:
-        route, key, post = events.THREAD_SUBSCRIBERS, stored.thread_root_id, ("thread", stored.channel_id,
+        route, key, post = Route.THREAD_SUBSCRIBERS, stored.thread_root_id, ("thread", stored.channel_id,
                                                                               stored.thread_root_id)
     events.deliver(ctx, route, key, notice, private_to=_private_to(stored), post=post)
 
@@ -128,7 +129,7 @@ def edit_message(ctx: ServerContext, session: Session, msg) -> None:
     notice = messages.MessageEdited(
         success=True, message_id=edited.id, edited_at=edited.edited_at, new_content=edited.content, message=""
     )
-    events.deliver(ctx, events.CHANNEL_AUDIENCE, edited.channel_id, notice, private_to=_private_to(edited),
+    events.deliver(ctx, Route.CHANNEL_AUDIENCE, edited.channel_id, notice, private_to=_private_to(edited),
                    also=session)
 
 
@@ -152,7 +153,7 @@ def delete_message(ctx: ServerContext, session: Session, msg) -> None:
     notice = messages.MessageDeleted(
         success=True, message_id=deleted.id, deleted_at=deleted.deleted_at, message=deleted.content
     )
-    events.deliver(ctx, events.CHANNEL_AUDIENCE, deleted.channel_id, notice, private_to=_private_to(deleted),
+    events.deliver(ctx, Route.CHANNEL_AUDIENCE, deleted.channel_id, notice, private_to=_private_to(deleted),
                    also=session)
 
 
