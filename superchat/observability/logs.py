@@ -1,6 +1,6 @@
 """Log files and console output, rendered by structlog for stdlib and structlog call sites alike.
 
-server.log  everything the server logs (DEBUG only with --debug), truncated at each start
+server.log  everything the server logs but DEBUG lines, truncated at each start
 errors.log  ERROR and above, appended across restarts; each start writes a marker line
 debug.log   everything including DEBUG, only with --debug, appended
 The console mirrors server.log.
@@ -32,6 +32,7 @@ from structlog.stdlib import ProcessorFormatter
 from structlog.typing import EventDict
 
 from .. import __version__
+from . import trace
 
 __all__ = ["DEBUG_LOG", "ERRORS_LOG", "SERVER_LOG", "configure", "get_logger", "reopen"]
 
@@ -451,16 +452,19 @@ def configure(data_dir: Path, debug: bool = False, log_format: str = "text", nod
     logging.logMultiprocessing = False
     data_dir.mkdir(parents=True, exist_ok=True)
     level = logging.DEBUG if debug else logging.INFO
+    trace.enabled = debug
     formatter = _formatter(log_format)
     errors = _LogFile(data_dir / ERRORS_LOG, logging.ERROR, formatter)
     errors.write_line(_start_marker(log_format, formatter))
-    files = [_LogFile(data_dir / SERVER_LOG, level, formatter, truncate=True), errors]
+    # DEBUG lines go to debug.log alone: server.log and the console stay what the guide's recipes
+    # read (one POST_MESSAGE line per post), --debug or not.
+    files = [_LogFile(data_dir / SERVER_LOG, logging.INFO, formatter, truncate=True), errors]
     if debug:
         files.append(_LogFile(data_dir / DEBUG_LOG, logging.DEBUG, formatter))
 
     # systemd sets JOURNAL_STREAM for a service whose stdout goes to the journal.
     journal = bool(os.environ.get("JOURNAL_STREAM"))
-    console = _Console(level, _formatter(log_format, _JournalFormatter if journal else _RenderOnce))
+    console = _Console(logging.INFO, _formatter(log_format, _JournalFormatter if journal else _RenderOnce))
 
     root = logging.getLogger()
     for handler in root.handlers[:]:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..observability import metrics
+from ..observability import metrics, trace
 from ..protocol import encode_message, flags, messages
 from . import bans as banlist
 from .event import (
@@ -80,6 +80,8 @@ def _send_delivery(audience: list[Session], type_name: str, post: tuple[str, int
     if post is not None:
         kind, channel_id, thread_id = post
         metrics.message_broadcast(kind, channel_id, thread_id, recipients, time.perf_counter() - started)
+    if trace.enabled and frame:
+        trace.broadcast(frame, recipients, time.perf_counter() - started)
     return recipients
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
-from ..observability import metrics
+from ..observability import metrics, trace
 from ..protocol import ErrorCode, encode_message, messages
 from .session import Session
 
@@ -41,10 +42,13 @@ class Refused(Exception):
 
 def broadcast(sessions: Iterable[Session], msg) -> int:
     """Deliver one message to many sessions; returns how many it was queued for."""
+    started = time.perf_counter()
     frame = encode_message(msg)
     count = 0
     for session in sessions:
         session.send(frame)
         count += 1
     metrics.frames_sent(msg.NAME, count)
+    if trace.enabled:
+        trace.broadcast(frame, count, time.perf_counter() - started)
     return count

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 
 import gevent
 
-from ..observability import metrics
+from ..observability import metrics, trace
 from .limits import SlidingWindow
 
 log = logging.getLogger("superchat.session")
@@ -104,6 +104,8 @@ class Session:
         """Queue one encoded frame; the same bytes object may go to many sessions."""
         if self.closed:
             return
+        if trace.enabled:
+            trace.frame_out(self.id, frame)
         self.send_wrapped(frame if self._wrap is None else self._wrap(frame))
 
     def send_wrapped(self, data: bytes) -> None:

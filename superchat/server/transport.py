@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from collections.abc import Callable
 
-from ..observability import metrics
-from ..protocol import PROTOCOL_VERSION, ErrorCode, FrameError, encode_message, messages
+from ..observability import metrics, trace
+from ..protocol import PROTOCOL_VERSION, ErrorCode, Frame, FrameError, encode_message, messages
 from . import presence
 from .bans import ip_ban_notice
 from .context import ServerContext
@@ -81,6 +82,9 @@ class SessionRunner:
         link.bind(session.send_wrapped)
         metrics.session_opened(link.transport)
         log.info("Connection from %s", session.peer, extra={"transport": link.transport})
+        opened = time.monotonic()
+        if trace.enabled:
+            trace.session_opened(session.id, session.peer, link.transport)
         send_encoded(session, messages.ServerConfig.NAME, self._config_frame)
         reason = "server error"
         try:
@@ -96,6 +100,9 @@ class SessionRunner:
             session.close(reason)  # keeps an earlier reason, e.g. an outbound overflow
             link.close()
             log.info("Session %d (%s) closed: %s", session.id, session.nickname or "-", session.close_reason)
+            if trace.enabled:
+                trace.session_closed(session.id, session.nickname or "-", session.close_reason,
+                                     time.monotonic() - opened, session.backlog)
 
     def _serve(self, session: Session, link) -> str:
         """Read and handle frames until the connection ends; returns why it ended."""
@@ -124,7 +131,10 @@ class SessionRunner:
                     intake.receive(data)
                     # One frame at a time, so that even the decoding of a long burst takes turns.
                     while not session.closed and (frame := intake.next_frame()) is not None:
-                        dispatch(ctx, session, frame)
+                        if trace.enabled:
+                            _traced_dispatch(ctx, session, frame)
+                        else:
+                            dispatch(ctx, session, frame)
                         turn.take_breath()
                 except ClientDisconnect:
                     return "client disconnected"
@@ -171,3 +181,14 @@ class TcpHandler:
         link = TcpLink(sock)
         if self._runner.admit(link, address):
             self._runner.run(link, address)
+
+
+def _traced_dispatch(ctx: ServerContext, session: Session, frame: Frame) -> None:
+    trace.frame_in(session.id, frame.type, frame.flags, len(frame.payload))
+    started = time.perf_counter()
+    try:
+        dispatch(ctx, session, frame)
+    finally:
+        taken = time.perf_counter() - started
+        if taken > trace.SLOW_REQUEST_SECONDS:
+            trace.slow_request(session.id, frame.type, taken)

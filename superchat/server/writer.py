@@ -26,6 +26,7 @@ from gevent.event import AsyncResult
 from gevent.lock import Semaphore
 from gevent.threadpool import ThreadPool
 
+from ..observability import trace
 from ..storage import DiskFull, MessageRow, NewPost, PostRejected, Store
 
 log = logging.getLogger("superchat.writer")
@@ -106,6 +107,7 @@ class Writer:
             self._committer = None
 
     def _commit_batch(self, batch: list[tuple[NewPost, AsyncResult]]) -> None:
+        started = time.perf_counter()
         try:
             rows = self._store_batch([post for post, _ in batch])
         except Exception as exc:
@@ -117,7 +119,10 @@ class Writer:
             for entry in batch:
                 self._commit_batch([entry])
         else:
-            if any(isinstance(row, MessageRow) for row in rows):
+            stored = sum(isinstance(row, MessageRow) for row in rows)
+            if trace.enabled:
+                trace.group_commit(len(batch), stored, time.perf_counter() - started)
+            if stored:
                 self.disk_space.post_stored()
             for (_, result), row in zip(batch, rows, strict=True):
                 result.set(row)

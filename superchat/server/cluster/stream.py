@@ -17,7 +17,7 @@ from collections.abc import Callable
 import redis
 from gevent.event import Event as Signal
 
-from ...observability import metrics
+from ...observability import metrics, trace
 from ..event import Event, NodeGone, SessionsGone, decode, encode
 from .keys import STREAM
 from .redis_link import RedisLink
@@ -95,7 +95,10 @@ class EventStream:
             metrics.cluster_outbox(len(self._outbox), 1)
             if self._dropped == 1:
                 log.error("Cluster outbox full (%d events): dropping the oldest until Redis is back", MAX_OUTBOX)
-        self._outbox.append(self._fields(event))
+        fields = self._fields(event)
+        if trace.enabled:
+            trace.cluster_event("out", fields["kind"], self._link.node_id)
+        self._outbox.append(fields)
         self._wake.set()
 
     def write_step(self) -> None:
@@ -200,6 +203,8 @@ class EventStream:
             return  # written twice after a failed write
         self._last_seen[node] = (run, sequence)
         metrics.cluster_events("received", 1)
+        if trace.enabled:
+            trace.cluster_event("in", kind, node)
         try:
             event = decode(kind, fields[b"meta"], fields[b"frame"])
             if isinstance(event, SessionsGone):
