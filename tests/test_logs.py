@@ -8,6 +8,7 @@ import json
 import re
 import shlex
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -102,17 +103,18 @@ def test_guide_recipes_return_the_right_lines(start_server):
     database_error(server, clients["carol"])
     data_dir = server.data_dir
 
-    log = wait_for(lambda: [line for line in lines(server) if "[ERROR]" in line] and lines(server))
+    log = wait_for(lambda: len([line for line in lines(server) if "[ERROR]" in line]) == 2 and lines(server))
     assert all(LINE.fullmatch(line) for line in log), log
-    (error,) = [line for line in log if "[ERROR]" in line]
+    # Abuse shows among the errors, as the guide's sample line shows it.
+    rate_limited, error = [line for line in log if "[ERROR]" in line]
     assert "set_nickname failed: database error: no such table: User" in error
-    assert recipe(GREP_ERRORS, data_dir).splitlines() == [error]
+    assert recipe(GREP_ERRORS, data_dir).splitlines() == [rate_limited, error]
 
     assert recipe(COUNT_CONNECTIONS, data_dir).strip() == str(len(SENDERS))
 
-    (warning,) = recipe(RATE_LIMITS, data_dir).splitlines()
-    assert LINE.fullmatch(warning)[2] == "WARN"
-    assert re.fullmatch(r"Session \d+ \(alice\): message rate limit exceeded", LINE.fullmatch(warning)[3])
+    assert recipe(RATE_LIMITS, data_dir).splitlines() == [rate_limited]
+    assert re.fullmatch(r"Rate limit exceeded for session \d+ \(alice\): message rate limit exceeded "
+                        r"\(max 3 per minute\)", LINE.fullmatch(rate_limited)[3])
 
     top = [line.split() for line in recipe(TOP_SENDERS, data_dir).splitlines()]
     assert top == [[str(count), nickname] for nickname, count in SENDERS.items()]
@@ -122,9 +124,9 @@ def test_guide_recipes_return_the_right_lines(start_server):
         assert posted[int(re.search(r" message=(\d+) ", line)[1])] == line.split()[3]
 
     errors = lines(server, "errors.log")
-    assert len(errors) == 2 and START_MARKER.fullmatch(errors[0]) and errors[1] == error
+    assert len(errors) == 3 and START_MARKER.fullmatch(errors[0]) and errors[1:] == [rate_limited, error]
     assert recipe(RECENT_ERRORS, data_dir).splitlines() == errors
-    assert recipe(ERRORS_TODAY, data_dir).strip() == "1"
+    assert recipe(ERRORS_TODAY, data_dir).strip() == "2"
     assert recipe(DATABASE_ERRORS, data_dir).splitlines() == [error]
 
     for client in clients.values():
@@ -246,9 +248,10 @@ def test_json_lines_carry_the_fields_elk_ingests(start_server, tmp_path):
         assert record["message"].split()[0] == nickname and record["logger"] == "superchat.posts"
         assert record["level"] == "info"
     levels = {record["level"] for record in records["server.log"]}
-    assert {"info", "warning", "error"} <= levels
-    (error,) = [r for r in records["server.log"] if r["level"] == "error"]
-    assert records["errors.log"][1:] == [error] and "database error" in error["message"]
+    assert {"info", "error"} <= levels
+    rate_limited, error = [r for r in records["server.log"] if r["level"] == "error"]
+    assert rate_limited["message"].startswith("Rate limit exceeded for session ")
+    assert records["errors.log"][1:] == [rate_limited, error] and "database error" in error["message"]
     assert records["errors.log"][0]["message"].startswith("=== scd ")
 
 
@@ -267,6 +270,12 @@ def test_journal_lines_carry_their_syslog_priority(start_server, tmp_path):
             client.expect(m.MessagePosted)
             client.expect_error(ErrorCode.MESSAGE_RATE_LIMITED)
             database_error(server, client)
+        # A frame announcing more than the protocol allows: a warning, and the connection closes.
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            raw.sendall(b"\xff\xff\xff\xff\x01\x10\x00")
+            while raw.recv(65536):
+                pass
+        server.wait_for_log("sent an invalid frame")
         output = stop_and_collect_output(server)
     finally:
         server.kill()

@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict, deque
+
+log = logging.getLogger("superchat.limits")
+
+
+def exceeded(who: str, limit: str, detail: str) -> None:
+    """A request a limit refused, logged as the operations guide shows abuse (``[ERROR] Rate limit
+    exceeded for session 2``); the rest of the line holds the guide's lower-case "rate limit
+    exceeded" as well, for its grep recipe."""
+    log.error("Rate limit exceeded for %s: %s rate limit exceeded (%s)", who, limit, detail)
+
+
+def session_named(session_id: int, nickname: str | None) -> str:
+    return f"session {session_id} ({nickname or '-'})"
 
 
 class SlidingWindow:

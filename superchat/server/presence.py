@@ -9,10 +9,9 @@ Both reach such sessions on every node; the roster the other nodes read is kept 
 from __future__ import annotations
 
 from ..protocol import ErrorCode, messages
-from . import events
+from . import events, limits
 from .context import ServerContext
 from .event import Route
-from .limits import SlidingWindow
 from .outbound import Refused
 from .session import Session
 
@@ -25,8 +24,10 @@ PRESENCE_WINDOW_SECONDS = 10
 def allow_change(session: Session) -> None:
     """Refuse a presence change that comes faster than PRESENCE_CHANGES per window."""
     if session.presence_window is None:
-        session.presence_window = SlidingWindow(PRESENCE_CHANGES, PRESENCE_WINDOW_SECONDS)
+        session.presence_window = limits.SlidingWindow(PRESENCE_CHANGES, PRESENCE_WINDOW_SECONDS)
     if not session.presence_window.allow():
+        limits.exceeded(limits.session_named(session.id, session.nickname), "join, leave and nickname change",
+                        f"max {PRESENCE_CHANGES} per {PRESENCE_WINDOW_SECONDS} s")
         raise Refused(ErrorCode.RATE_LIMITED, f"Too many channel joins, leaves and nickname changes "
                                               f"(max {PRESENCE_CHANGES} per {PRESENCE_WINDOW_SECONDS} seconds)")
 

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ..files import create_whole
 from ..protocol import messages
 from ..storage import NicknameTaken, SSHKeyExists, StorageError, UserRow
+from . import limits
 from .bans import now_ms
 from .context import ServerContext
 from .handlers.accounts import acceptable_nickname, complete_sign_in, reserved_for_admins
@@ -224,7 +225,8 @@ class SshHandler:
         if offer.user_id is not None:
             return ctx.store.get_user(offer.user_id)
         if not ctx.registrations.allow(LoginThrottle.source(host)):
-            log.warning("SSH auto-registration refused for %s from %s: rate limit", offer.username, host)
+            limits.exceeded(f"SSH sign-up of {offer.username} from {host}", "account registration",
+                            "too many registrations from this address")
             return None
         try:
             user = ctx.writer.run(ctx.store.create_user, offer.username, "", 0)

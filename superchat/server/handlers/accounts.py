@@ -8,7 +8,7 @@ import re
 from ...config import Config
 from ...protocol import ErrorCode, flags, messages
 from ...storage import NicknameTaken, UserRow
-from .. import passwords, presence
+from .. import limits, passwords, presence
 from ..bans import describe, now_ms
 from ..context import ServerContext
 from ..outbound import Refused, send
@@ -89,7 +89,8 @@ def register_user(ctx: ServerContext, session: Session, msg) -> None:
         refuse("Nickname already registered")
         return
     if not ctx.registrations.allow(passwords.LoginThrottle.source(session.host)):
-        log.warning("Session %d: registration of %s refused: too many from %s", session.id, nickname, session.host)
+        limits.exceeded(limits.session_named(session.id, session.nickname), "account registration",
+                        f"registration of {nickname} refused: too many from {session.host}")
         refuse("Too many registrations from your address; try again later")
         return
     stored_hash = passwords.hash_password(msg.password)

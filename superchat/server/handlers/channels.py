@@ -6,7 +6,7 @@ import logging
 
 from ...protocol import ErrorCode, encode_message, messages
 from ...storage import ChannelExists
-from .. import events, presence
+from .. import events, limits, presence
 from ..context import ServerContext
 from ..event import ChannelCreated
 from ..outbound import Refused, send
@@ -86,6 +86,8 @@ def create_channel(ctx: ServerContext, session: Session, msg) -> None:
         return
     if not ctx.channel_creates.allow(str(session.user_id)):
         limit = ctx.config.max_channel_creates
+        limits.exceeded(limits.session_named(session.id, session.nickname), "channel creation",
+                        f"max {limit} per hour")
         raise Refused(
             ErrorCode.CHANNEL_CREATE_RATE_LIMITED, f"Channel creation rate limit exceeded (max {limit} per hour)"
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ...protocol import ErrorCode, messages
+from .. import limits
 from ..bans import now_ms
 from ..context import ServerContext
 from ..outbound import Refused, send
@@ -32,6 +33,8 @@ def register_server(ctx: ServerContext, session: Session, msg) -> None:
 
     # Counted before anything else, so that malformed requests cannot probe for free either.
     if not ctx.directory.registrations.allow(LoginThrottle.source(session.host)):
+        limits.exceeded(limits.session_named(session.id, session.nickname), "server registration",
+                        f"max 30 per hour from {session.host}")
         refuse("Rate limit exceeded (30 requests/hour)")
         return
     problem = _registration_problem(msg)

@@ -6,7 +6,7 @@ import logging
 
 from ...protocol import MAX_FRAME_LENGTH, ErrorCode, flags, messages
 from ...storage import MessageRow, NewPost, PostRejected, Viewer
-from .. import events
+from .. import events, limits
 from ..bans import describe
 from ..context import ServerContext
 from ..event import Route
@@ -74,8 +74,8 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
     if session.post_window is None:
         session.post_window = SlidingWindow(ctx.config.message_rate_limit, RATE_WINDOW_SECONDS)
     if not session.post_window.allow():
-        log.warning("Session %d (%s): message rate limit exceeded", session.id, session.nickname)
         limit = ctx.config.message_rate_limit
+        limits.exceeded(limits.session_named(session.id, session.nickname), "message", f"max {limit} per minute")
         raise Refused(ErrorCode.MESSAGE_RATE_LIMITED, f"Message rate limit exceeded (max {limit} per minute)")
 
     stored = ctx.writer.post(NewPost(
