@@ -10,6 +10,8 @@ SQLITE_ONLY = {
     "tests/storage": "drives the Store directly on SQLite files",
     "tests/test_writer.py": "measures SQLite's writer thread",
     "tests/test_backup.py": "backs up SQLite files",
+    "tests/test_debug_log.py::test_debug_log_tells_every_frame_broadcast_commit_and_session":
+        "holds the SQLite file's write lock",
     **{
         f"tests/test_logs.py::{name}": "breaks the SQLite file for an error to log"
         for name in (

@@ -2,6 +2,9 @@
 events, never a secret; and nothing of it without --debug."""
 
 import re
+import sqlite3
+import time
+from contextlib import closing
 
 import pytest
 
@@ -31,6 +34,13 @@ def test_debug_log_tells_every_frame_broadcast_commit_and_session(tmp_path):
         poster.register("poster", PASSWORD)
         posted = poster.post(general, "hello")
         reader.expect(m.NewMessage)
+        # A post that waits 300 ms for the database, held by another writer, is a slow request.
+        with closing(sqlite3.connect(server.database, isolation_level=None)) as other_writer:
+            other_writer.execute("BEGIN IMMEDIATE")
+            poster.send(m.PostMessage(channel_id=general, content="held up"))
+            time.sleep(0.3)
+            other_writer.execute("ROLLBACK")
+        poster.expect(m.MessagePosted)
     server.stop()
     debug = (server.data_dir / "debug.log").read_text()
     for line in (
@@ -51,6 +61,8 @@ def test_debug_log_tells_every_frame_broadcast_commit_and_session(tmp_path):
         text = (server.data_dir / name).read_text()
         assert PASSWORD not in text, name
     assert "[DEBUG]" not in (server.data_dir / "server.log").read_text()
+    (slow,) = re.findall(rf"\[DEBUG\] Session {poster_id}: POST_MESSAGE took (\d+\.\d) ms", debug)
+    assert float(slow) >= 300
 
 
 def test_no_debug_line_anywhere_without_debug(start_server):
