@@ -42,26 +42,23 @@ def read(path: Path, statement: str) -> list[tuple]:
         return db.execute(statement).fetchall()
 
 
-def test_a_database_is_backed_up_before_it_is_migrated(tmp_path, monkeypatch):
+def test_a_database_is_backed_up_before_it_is_migrated(start_server, tmp_path, monkeypatch):
     database = tmp_path / "data" / "superchat" / "superchat.db"
     old_database(database, monkeypatch, 4)
-    server = ServerProcess(tmp_path).start()
-    try:
-        (backup,) = backups_beside(database)
-        assert BACKUP_NAME.search(backup.name).group(1) == "4"
-        assert read(backup, "PRAGMA user_version") == [(4,)]
-        assert read(backup, "PRAGMA integrity_check") == [("ok",)]
-        assert read(backup, "SELECT content FROM Message") == [("from before",)]
-        assert not Path(f"{backup}-wal").exists()  # it stands alone
-        line = server.wait_for_log("backed up before its migration")
-        assert f"Database backed up before its migration from schema version 4: {backup}" in line
-        assert read(database, "PRAGMA user_version") == [(len(schema.MIGRATIONS),)]
-    finally:
-        server.stop()
+    server = start_server(root=tmp_path)
+    (backup,) = backups_beside(database)
+    assert BACKUP_NAME.search(backup.name).group(1) == "4"
+    assert read(backup, "PRAGMA user_version") == [(4,)]
+    assert read(backup, "PRAGMA integrity_check") == [("ok",)]
+    assert read(backup, "SELECT content FROM Message") == [("from before",)]
+    assert not Path(f"{backup}-wal").exists()  # it stands alone
+    line = server.wait_for_log("backed up before its migration")
+    assert f"Database backed up before its migration from schema version 4: {backup}" in line
+    assert read(database, "PRAGMA user_version") == [(len(schema.MIGRATIONS),)]
 
 
-def test_a_fresh_or_current_database_is_not_backed_up(tmp_path):
-    server = ServerProcess(tmp_path).start()
+def test_a_fresh_or_current_database_is_not_backed_up(start_server, tmp_path):
+    server = start_server(root=tmp_path)
     server.stop()
     server.start()  # the second start finds the schema current
     server.stop()

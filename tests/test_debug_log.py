@@ -23,8 +23,8 @@ def session_of(client: Client, server: ServerProcess, nickname: str) -> int:
     return int(re.findall(rf"Session (\d+) set nickname: {nickname}\n", line)[-1])
 
 
-def test_debug_log_tells_every_frame_broadcast_commit_and_session(tmp_path):
-    server = ServerProcess(tmp_path / "scd", {"limits": {"message_rate_limit": 1000}}, ("--debug",)).start()
+def test_debug_log_tells_every_frame_broadcast_commit_and_session(start_server):
+    server = start_server({"limits": {"message_rate_limit": 1000}}, ("--debug",))
     with Client(server.port) as poster, Client(server.port) as reader:
         poster.handshake("poster")
         reader.handshake("reader")
