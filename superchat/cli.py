@@ -1,6 +1,7 @@
 """``scd``: parse configuration, run the server until SIGTERM or SIGINT; SIGHUP reopens the log files.
 ``scd admin ...`` manages admin accounts instead (superchat/admin.py), ``scd backup PATH`` copies the
-database (superchat/backup.py)."""
+database (superchat/backup.py), ``scd import-upstream PATH`` takes over an upstream server's database
+(superchat/upstream_import.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         from .admin import main as admin_main
 
         return admin_main(argv[1:])
+    if argv[:1] == ["import-upstream"]:
+        from .upstream_import import main as import_main
+
+        return import_main(argv[1:])
     if argv[:1] == ["backup"]:
         from .backup import main as backup_main
 

@@ -185,10 +185,20 @@ NICKNAMES_LOCK_KEY = 0x5C_0002
 _SQL_NICKNAME_COLLISIONS = """SELECT id, nickname FROM "User" WHERE lower(nickname) IN
     (SELECT lower(nickname) FROM "User" GROUP BY lower(nickname) HAVING count(*) > 1)
     ORDER BY lower(nickname), id"""
+_FOLDED_UNIQUE_INDEX = "idx_user_nickname_folded_unique"
 _SQL_UNIQUE_FOLDED_NICKNAMES = (
-    'CREATE UNIQUE INDEX IF NOT EXISTS idx_user_nickname_folded_unique ON "User"(lower(nickname))',
+    f'CREATE UNIQUE INDEX IF NOT EXISTS {_FOLDED_UNIQUE_INDEX} ON "User"(lower(nickname))',
     "DROP INDEX IF EXISTS idx_user_nickname_folded",
 )
+
+
+def unique_folded_nicknames_undone() -> tuple[str, ...]:
+    """Statements that put the plain index of migration 6 back, for a database that is to hold
+    nicknames alike but for case (an imported one)."""
+    return (
+        f"DROP INDEX IF EXISTS {_FOLDED_UNIQUE_INDEX}",
+        'CREATE INDEX IF NOT EXISTS idx_user_nickname_folded ON "User"(lower(nickname))',
+    )
 
 
 def migration(dialect: str, number: int) -> list[str]:

@@ -23,6 +23,7 @@ from .engine import (
     storage_errors,
     translated_errors,
 )
+from .imports import ImportQueries
 from .messages import MessageQueries
 from .models import NodeRun
 from .moderation import ModerationQueries
@@ -32,7 +33,7 @@ from .rows import StorageError
 from .schema import migrate
 
 
-class Store(ChannelQueries, MessageQueries, ReadStateQueries, PostingQueries, AccountQueries,
+class Store(ImportQueries, ChannelQueries, MessageQueries, ReadStateQueries, PostingQueries, AccountQueries,
             ModerationQueries, DirectoryQueries):
     """The server's one way to its data: every query, on SQLite or PostgreSQL."""
 
