@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..observability import metrics, trace
-from ..protocol import encode_message, flags, messages
+from ..protocol import encode_message, messages
 from . import bans as banlist
 from .event import (
     BansLifted,
@@ -32,6 +32,7 @@ from .event import (
     UserDeleted,
 )
 from .outbound import expel
+from .permissions import is_admin, is_author
 from .session import Session
 
 if TYPE_CHECKING:
@@ -113,16 +114,6 @@ def _send_all(audience: Iterable[Session], frame: bytes, type_name: str) -> int:
         count += 1
     metrics.frames_sent(type_name, count)
     return count
-
-
-def is_author(session: Session, author_user_id: int | None, author_nickname: str) -> bool:
-    if author_user_id is not None:
-        return session.user_id == author_user_id
-    return session.nickname == author_nickname
-
-
-def is_admin(session: Session) -> bool:
-    return session.user_id is not None and bool(session.user_flags & flags.ADMIN)
 
 
 def _living(ctx: ServerContext) -> list[Session]:

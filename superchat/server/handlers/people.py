@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from ...protocol import ErrorCode, flags, messages
+from ...protocol import ErrorCode, messages
 from ..context import ServerContext
 from ..outbound import Refused, send
+from ..permissions import is_admin
 from ..session import Session
 
 DEFAULT_USER_LIMIT = 100
 MAX_USER_LIMIT = 500
 
 
-def get_user_info(ctx: ServerContext, session: Session, msg) -> None:
+def get_user_info(ctx: ServerContext, session: Session, msg: messages.GetUserInfo) -> None:
     user = ctx.store.get_user_by_nickname(msg.nickname)
     online = any(other.nickname == msg.nickname for other in ctx.sessions.by_id.values()) or any(
         other.nickname == msg.nickname for other in ctx.cluster.remote_sessions())
@@ -23,11 +24,11 @@ def get_user_info(ctx: ServerContext, session: Session, msg) -> None:
     ))
 
 
-def list_users(ctx: ServerContext, session: Session, msg) -> None:
+def list_users(ctx: ServerContext, session: Session, msg: messages.ListUsers) -> None:
     limit = min(msg.limit or DEFAULT_USER_LIMIT, MAX_USER_LIMIT)
     if msg.include_offline:
-        if not (session.user_id is not None and session.user_flags & flags.ADMIN):
-            raise Refused(ErrorCode.PERMISSION_DENIED, "Admin permission required for include_offline")
+        if not is_admin(session):
+            raise Refused.error(ErrorCode.PERMISSION_DENIED, "Admin permission required for include_offline")
         online_ids = {other.user_id for other in (*ctx.sessions.by_id.values(), *ctx.cluster.remote_sessions())}
         users = [
             messages.UserEntry(nickname=user.nickname, is_registered=True, user_id=user.id,
@@ -51,11 +52,11 @@ def list_users(ctx: ServerContext, session: Session, msg) -> None:
     send(session, messages.UserList(users=users))
 
 
-def list_channel_users(ctx: ServerContext, session: Session, msg) -> None:
+def list_channel_users(ctx: ServerContext, session: Session, msg: messages.ListChannelUsers) -> None:
     if not msg.channel_id or ctx.store.get_channel(msg.channel_id) is None:
-        raise Refused(ErrorCode.CHANNEL_NOT_FOUND, "Channel does not exist")
+        raise Refused.error(ErrorCode.CHANNEL_NOT_FOUND, "Channel does not exist")
     if msg.subchannel_id is not None:
-        raise Refused(ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
+        raise Refused.error(ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
     members = [
         messages.ChannelUserEntry(session_id=member.id, nickname=member.nickname,
                                   is_registered=member.user_id is not None, user_id=member.user_id,
