@@ -10,13 +10,14 @@ from ..protocol.fields import STRING, Array, Optional, Trailing
 from ..storage import DiskFull, StorageError
 from .context import ServerContext
 from .handlers import accounts, channels, connection, discovery, keys, moderation, people, posts, readstate
-from .outbound import Refused, send_error
+from .outbound import Refused, send, send_error
+from .preconditions import precondition_of
 from .session import Session
 
 log = logging.getLogger("superchat.dispatch")
 
 ROUTES = {
-    cls.TYPE: (cls, handler)
+    cls.TYPE: (cls, handler, precondition_of(handler))
     for module in (connection, accounts, keys, people, readstate, channels, posts, moderation, discovery)
     for cls, handler in module.HANDLERS.items()
 }
@@ -35,7 +36,7 @@ def _text_fields(cls) -> tuple[tuple[str, type | None], ...]:
 
 # PostgreSQL cannot store a NUL character, and no text of a chat needs one: strings holding one are
 # refused on every database alike, before any handler sees them.
-TEXT_FIELDS = {code: _text_fields(cls) for code, (cls, _) in ROUTES.items()}
+TEXT_FIELDS = {code: _text_fields(cls) for code, (cls, _, _) in ROUTES.items()}
 RECORD_TEXT_FIELDS = {
     record: _text_fields(record)
     for fields in TEXT_FIELDS.values() for _, record in fields if record is not None
@@ -65,7 +66,7 @@ def dispatch(ctx: ServerContext, session: Session, frame: Frame) -> None:
     if route is None:
         send_error(session, ErrorCode.UNSUPPORTED, "Unsupported message type")
         return
-    cls, handler = route
+    cls, handler, precondition = route
     try:
         payload = frame.unwrapped_payload()
         if not payload and frame.type in EMPTY_MEANS_DEFAULTS:
@@ -85,9 +86,11 @@ def dispatch(ctx: ServerContext, session: Session, frame: Frame) -> None:
         send_error(session, ErrorCode.INVALID_FORMAT, "Invalid message format: strings must not contain NUL")
         return
     try:
+        if precondition is not None and not precondition.holds(session):
+            raise precondition.refusal()
         handler(ctx, session, msg)
     except Refused as refusal:
-        send_error(session, refusal.code, refusal.text)
+        send(session, refusal.reply)
     except connection.ClientDisconnect:
         raise
     # The request is named in lower case: the guide's top-senders recipe greps "POST_MESSAGE"

@@ -32,12 +32,16 @@ def expel(session: Session, text: str) -> None:
 
 
 class Refused(Exception):
-    """A handler's answer of ERROR ``code``: raised anywhere in a handler, sent by the dispatcher."""
+    """A handler's refusal, raised anywhere in a handler and sent by the dispatcher: the reply that
+    says why, ERROR ``code`` (``Refused.error``) or the request's own reply with ``success=False``."""
 
-    def __init__(self, code: int, text: str):
-        super().__init__(text)
-        self.code = code
-        self.text = text
+    def __init__(self, reply) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+    @classmethod
+    def error(cls, code: int, text: str) -> Refused:
+        return cls(messages.Error(error_code=int(code), message=text))
 
 
 def broadcast(sessions: Iterable[Session], msg) -> int:

@@ -28,7 +28,7 @@ def allow_change(session: Session) -> None:
     if not session.presence_window.allow():
         limits.exceeded(limits.session_named(session.id, session.nickname), "join, leave and nickname change",
                         f"max {PRESENCE_CHANGES} per {PRESENCE_WINDOW_SECONDS} s")
-        raise Refused(ErrorCode.RATE_LIMITED, f"Too many channel joins, leaves and nickname changes "
+        raise Refused.error(ErrorCode.RATE_LIMITED, f"Too many channel joins, leaves and nickname changes "
                                               f"(max {PRESENCE_CHANGES} per {PRESENCE_WINDOW_SECONDS} seconds)")
 
 

@@ -12,6 +12,8 @@ from .. import limits, passwords, presence
 from ..bans import describe, now_ms
 from ..context import ServerContext
 from ..outbound import Refused, send
+from ..permissions import account_of
+from ..preconditions import nickname_required, registered_only
 from ..session import Session
 
 log = logging.getLogger("superchat.accounts")
@@ -23,36 +25,33 @@ MAX_NICKNAME_BYTES = 20
 RESERVED_FOR_ADMINS = "Nickname reserved: admin accounts are made by the server operator"
 
 
-def set_nickname(ctx: ServerContext, session: Session, msg) -> None:
+def _nickname_refused(text: str) -> messages.NicknameResponse:
+    return messages.NicknameResponse(success=False, message=text)
+
+
+def set_nickname(ctx: ServerContext, session: Session, msg: messages.SetNickname) -> None:
     presence.allow_change(session)
     nickname = msg.nickname
     longest = min(MAX_NICKNAME_BYTES, ctx.config.max_nickname_length)
     if not MIN_NICKNAME_BYTES <= len(nickname.encode()) <= longest:
-        raise Refused(ErrorCode.INVALID_FORMAT, f"Nickname must be {MIN_NICKNAME_BYTES}-{longest} characters")
-
-    def refuse(text: str) -> None:
-        send(session, messages.NicknameResponse(success=False, message=text))
-
+        raise Refused.error(ErrorCode.INVALID_FORMAT, f"Nickname must be {MIN_NICKNAME_BYTES}-{longest} characters")
     if not NICKNAME_CHARACTERS.fullmatch(nickname):
-        refuse(f"Invalid nickname. Must be {MIN_NICKNAME_BYTES}-{longest} characters, alphanumeric plus - and _")
-        return
+        raise Refused(_nickname_refused(
+            f"Invalid nickname. Must be {MIN_NICKNAME_BYTES}-{longest} characters, alphanumeric plus - and _"))
     owner = ctx.store.get_user_by_folded_nickname(nickname)
     if owner is not None and owner.id != session.user_id:
-        refuse("Nickname registered, password required")
-        return
+        raise Refused(_nickname_refused("Nickname registered, password required"))
     changed = bool(session.nickname) and session.nickname != nickname
     if session.user_id is not None and changed:
         # Also an admin's own name in another case: the operator spells admin names in admin_users.
         if reserved_for_admins(ctx.config, nickname):
             log.warning("Session %d: rename of user %d to %s refused: reserved for admins", session.id,
                         session.user_id, nickname)
-            refuse(RESERVED_FOR_ADMINS)
-            return
+            raise Refused(_nickname_refused(RESERVED_FOR_ADMINS))
         try:
             ctx.writer.run(ctx.store.rename_user, session.user_id, nickname)
         except NicknameTaken:
-            refuse("Nickname already in use")
-            return
+            raise Refused(_nickname_refused("Nickname already in use")) from None
         # Admin rights belong to the configured nicknames, which no rename leads to: renaming an admin
         # takes them at once, as the next start would.
         if session.user_flags & flags.ADMIN:
@@ -67,38 +66,31 @@ def set_nickname(ctx: ServerContext, session: Session, msg) -> None:
     presence.identity_changed(ctx, session)
 
 
-def register_user(ctx: ServerContext, session: Session, msg) -> None:
-    def refuse(text: str) -> None:
-        send(session, messages.RegisterResponse(success=False, message=text))
+def _registration_refused(text: str) -> messages.RegisterResponse:
+    return messages.RegisterResponse(success=False, message=text)
 
-    if not session.nickname:
-        refuse("Must set nickname before registering")
-        return
+
+@nickname_required("Must set nickname before registering", reply=_registration_refused)
+def register_user(ctx: ServerContext, session: Session, msg: messages.RegisterUser) -> None:
     if session.user_id is not None:
-        refuse("This session is already registered")
-        return
+        raise Refused(_registration_refused("This session is already registered"))
     if not passwords.well_formed(msg.password):
-        refuse("Invalid password hash format")
-        return
+        raise Refused(_registration_refused("Invalid password hash format"))
     nickname = session.nickname
     if reserved_for_admins(ctx.config, nickname):
         log.warning("Session %d: registration of %s refused: reserved for admins", session.id, nickname)
-        refuse(RESERVED_FOR_ADMINS)
-        return
+        raise Refused(_registration_refused(RESERVED_FOR_ADMINS))
     if ctx.store.get_user_by_folded_nickname(nickname) is not None:
-        refuse("Nickname already registered")
-        return
+        raise Refused(_registration_refused("Nickname already registered"))
     if not ctx.registrations.allow(passwords.LoginThrottle.source(session.host)):
         limits.exceeded(limits.session_named(session.id, session.nickname), "account registration",
                         f"registration of {nickname} refused: too many from {session.host}")
-        refuse("Too many registrations from your address; try again later")
-        return
+        raise Refused(_registration_refused("Too many registrations from your address; try again later"))
     stored_hash = passwords.hash_password(msg.password)
     try:
         user = ctx.writer.run(ctx.store.create_user, nickname, stored_hash, 0)
     except NicknameTaken:
-        refuse("Nickname already registered")
-        return
+        raise Refused(_registration_refused("Nickname already registered")) from None
     _sign_in(session, user)
     log.info("Session %d registered nickname %s (user %d)", session.id, nickname, user.id)
     send(session, messages.RegisterResponse(
@@ -107,40 +99,36 @@ def register_user(ctx: ServerContext, session: Session, msg) -> None:
     presence.identity_changed(ctx, session)
 
 
-def auth_request(ctx: ServerContext, session: Session, msg) -> None:
-    def refuse(text: str) -> None:
-        send(session, messages.AuthResponse(success=False, message=text))
+def _login_refused(text: str) -> messages.AuthResponse:
+    return messages.AuthResponse(success=False, message=text)
 
+
+def auth_request(ctx: ServerContext, session: Session, msg: messages.AuthRequest) -> None:
     wait = ctx.logins.seconds_blocked(session.host)
     if wait:
-        refuse(f"Too many failed login attempts. Try again in {wait} seconds.")
-        return
+        raise Refused(_login_refused(f"Too many failed login attempts. Try again in {wait} seconds."))
     # A case variant names the account too; upstream clients salt their hash with the name as typed,
     # so for them only the registered spelling matches the password.
     user = ctx.store.get_user_by_folded_nickname(msg.nickname)
     if user is not None and not user.password_hash:
-        refuse("This account requires SSH authentication. Please connect via SSH.")
-        return
+        raise Refused(_login_refused("This account requires SSH authentication. Please connect via SSH."))
     # An unknown name fails exactly like a wrong password, in answer and in time.
     matched = passwords.password_matches(msg.password, user.password_hash if user else None)
     wait = ctx.logins.seconds_blocked(session.host)
     if wait:
         # Other attempts from this address failed while this one was checked: its outcome stays
         # secret, or parallel connections would get more guesses than the throttle allows.
-        refuse(f"Too many failed login attempts. Try again in {wait} seconds.")
-        return
+        raise Refused(_login_refused(f"Too many failed login attempts. Try again in {wait} seconds."))
     if not matched:
         ctx.logins.failed(session.host, msg.nickname)
         log.info("Session %d: login failed for %s from %s", session.id, msg.nickname, session.host)
-        refuse("Invalid credentials")
-        return
+        raise Refused(_login_refused("Invalid credentials"))
     ctx.logins.succeeded(session.host)
     # The check above yielded to other clients; the account may have been deleted, renamed or
     # given a new password meanwhile, and only the account as it is now may be signed into.
     current = ctx.store.get_user(user.id)
     if current is None or current.nickname != user.nickname or current.password_hash != user.password_hash:
-        refuse("Invalid credentials")
-        return
+        raise Refused(_login_refused("Invalid credentials"))
     if complete_sign_in(ctx, session, user, f"Welcome back, {user.nickname}!"):
         log.info("Session %d logged in as %s (user %d)", session.id, user.nickname, user.id)
 
@@ -177,7 +165,7 @@ def reserved_for_admins(config: Config, nickname: str) -> bool:
     return nickname.lower() in {name.lower() for name in config.admin_users}
 
 
-def logout(ctx: ServerContext, session: Session, msg) -> None:
+def logout(ctx: ServerContext, session: Session, msg: messages.Logout) -> None:
     """No answer, as the protocol defines; the session keeps its nickname, anonymously."""
     if session.user_id is None:
         return
@@ -188,37 +176,36 @@ def logout(ctx: ServerContext, session: Session, msg) -> None:
     presence.identity_changed(ctx, session)
 
 
-def change_password(ctx: ServerContext, session: Session, msg) -> None:
-    if session.user_id is None:
-        raise Refused(ErrorCode.AUTH_REQUIRED, "Must be authenticated to change password")
+PASSWORD_CHANGED = messages.PasswordChanged(success=True, error_message="")
 
-    def answer(problem: str = "") -> None:
-        send(session, messages.PasswordChanged(success=not problem, error_message=problem))
 
-    user = ctx.store.get_user(session.user_id)
+def _password_change_refused(text: str) -> messages.PasswordChanged:
+    return messages.PasswordChanged(success=False, error_message=text)
+
+
+@registered_only("Must be authenticated to change password")
+def change_password(ctx: ServerContext, session: Session, msg: messages.ChangePassword) -> None:
+    user = ctx.store.get_user(account_of(session))
     if user is None:
-        answer("User not found")
-        return
+        raise Refused(_password_change_refused("User not found"))
     # The reference server skips this check when old_password is empty; a stolen open
     # session must not be enough to take over an account, so an existing password is required.
     if user.password_hash and not passwords.password_matches(msg.old_password, user.password_hash):
-        answer("Incorrect current password")
-        return
+        raise Refused(_password_change_refused("Incorrect current password"))
     if not msg.new_password:
         with passwords.sign_in_methods:
             if not ctx.store.list_ssh_keys(user.id):
-                answer("Cannot remove password without SSH keys. Add an SSH key first.")
-                return
+                raise Refused(_password_change_refused(
+                    "Cannot remove password without SSH keys. Add an SSH key first."))
             ctx.writer.run(ctx.store.set_password, user.id, "")
         log.info("User %s (id %d) removed their password (SSH-only login)", user.nickname, user.id)
-        answer()
+        send(session, PASSWORD_CHANGED)
         return
     if not passwords.well_formed(msg.new_password):
-        answer("Invalid password hash format")
-        return
+        raise Refused(_password_change_refused("Invalid password hash format"))
     ctx.writer.run(ctx.store.set_password, user.id, passwords.hash_password(msg.new_password))
     log.info("User %s (id %d) changed their password", user.nickname, user.id)
-    answer()
+    send(session, PASSWORD_CHANGED)
 
 
 def _sign_in(session: Session, user: UserRow) -> None:

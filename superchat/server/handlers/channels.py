@@ -10,6 +10,8 @@ from .. import events, limits, presence
 from ..context import ServerContext
 from ..event import ChannelCreated
 from ..outbound import Refused, send
+from ..permissions import account_of
+from ..preconditions import registered_only
 from ..session import Session
 
 log = logging.getLogger("superchat.channels")
@@ -21,7 +23,7 @@ MAX_RETENTION_HOURS = 8760
 CHANNEL_CREATE_WINDOW_SECONDS = 3600
 
 
-def list_channels(ctx: ServerContext, session: Session, msg) -> None:
+def list_channels(ctx: ServerContext, session: Session, msg: messages.ListChannels) -> None:
     entries = []
     for channel in ctx.store.list_channels():
         if msg.from_channel_id and channel.id <= msg.from_channel_id:
@@ -40,7 +42,7 @@ def list_channels(ctx: ServerContext, session: Session, msg) -> None:
     send(session, messages.ChannelList(channels=entries))
 
 
-def join_channel(ctx: ServerContext, session: Session, msg) -> None:
+def join_channel(ctx: ServerContext, session: Session, msg: messages.JoinChannel) -> None:
     presence.allow_change(session)
     if ctx.store.get_channel(msg.channel_id) is None:
         send(session, messages.JoinResponse(
@@ -58,7 +60,7 @@ def join_channel(ctx: ServerContext, session: Session, msg) -> None:
     presence.channel_presence(ctx, session, msg.channel_id, True)
 
 
-def leave_channel(ctx: ServerContext, session: Session, msg) -> None:
+def leave_channel(ctx: ServerContext, session: Session, msg: messages.LeaveChannel) -> None:
     presence.allow_change(session)
     current = session.joined_channel
     if current is None:
@@ -73,22 +75,21 @@ def leave_channel(ctx: ServerContext, session: Session, msg) -> None:
     send(session, messages.LeaveResponse(success=False, channel_id=msg.channel_id, message=failure))
 
 
-def create_channel(ctx: ServerContext, session: Session, msg) -> None:
-    def refuse(text: str) -> None:
-        send(session, messages.ChannelCreated(success=False, message=text))
+def _creation_refused(text: str) -> messages.ChannelCreated:
+    return messages.ChannelCreated(success=False, message=text)
 
-    if session.user_id is None:
-        refuse("Only registered users can create channels. Please register or log in.")
-        return
+
+@registered_only("Only registered users can create channels. Please register or log in.", reply=_creation_refused)
+def create_channel(ctx: ServerContext, session: Session, msg: messages.CreateChannel) -> None:
+    creator = account_of(session)
     problem = _channel_problem(msg)
     if problem:
-        refuse(problem)
-        return
-    if not ctx.channel_creates.allow(str(session.user_id)):
+        raise Refused(_creation_refused(problem))
+    if not ctx.channel_creates.allow(str(creator)):
         limit = ctx.config.max_channel_creates
         limits.exceeded(limits.session_named(session.id, session.nickname), "channel creation",
                         f"max {limit} per hour")
-        raise Refused(
+        raise Refused.error(
             ErrorCode.CHANNEL_CREATE_RATE_LIMITED, f"Channel creation rate limit exceeded (max {limit} per hour)"
         )
     try:
@@ -99,11 +100,10 @@ def create_channel(ctx: ServerContext, session: Session, msg) -> None:
             msg.description,
             msg.channel_type,
             msg.retention_hours,
-            session.user_id,
+            creator,
         )
     except ChannelExists:
-        refuse("Channel name already exists")
-        return
+        raise Refused(_creation_refused("Channel name already exists")) from None
     log.info("Session %d (%s) created channel %s (id %d)", session.id, session.nickname, channel.name, channel.id)
     created = messages.ChannelCreated(
         success=True,
@@ -118,7 +118,7 @@ def create_channel(ctx: ServerContext, session: Session, msg) -> None:
     events.emit(ctx, ChannelCreated(encode_message(created)), exclude=session)
 
 
-def _channel_problem(msg) -> str:
+def _channel_problem(msg: messages.CreateChannel) -> str:
     if not 3 <= len(msg.name.encode()) <= 50:
         return "Channel name must be 3-50 characters"
     if not 1 <= len(msg.display_name.encode()) <= 100:
@@ -132,10 +132,10 @@ def _channel_problem(msg) -> str:
     return ""
 
 
-def subscribe_thread(ctx: ServerContext, session: Session, msg) -> None:
+def subscribe_thread(ctx: ServerContext, session: Session, msg: messages.SubscribeThread) -> None:
     thread = ctx.store.get_message(msg.thread_id)
     if thread is None or thread.deleted_at is not None:
-        raise Refused(ErrorCode.THREAD_NOT_FOUND, "Thread does not exist")
+        raise Refused.error(ErrorCode.THREAD_NOT_FOUND, "Thread does not exist")
     _check_room(session.threads, msg.thread_id, ctx.config.max_thread_subscriptions,
                 ErrorCode.THREAD_SUBSCRIPTION_LIMIT, "Thread")
     ctx.sessions.subscribe_thread(session, msg.thread_id)
@@ -144,16 +144,16 @@ def subscribe_thread(ctx: ServerContext, session: Session, msg) -> None:
     ))
 
 
-def unsubscribe_thread(ctx: ServerContext, session: Session, msg) -> None:
+def unsubscribe_thread(ctx: ServerContext, session: Session, msg: messages.UnsubscribeThread) -> None:
     ctx.sessions.unsubscribe_thread(session, msg.thread_id)
     send(session, messages.SubscribeOk(type=THREAD_SUBSCRIPTION, id=msg.thread_id))
 
 
-def subscribe_channel(ctx: ServerContext, session: Session, msg) -> None:
+def subscribe_channel(ctx: ServerContext, session: Session, msg: messages.SubscribeChannel) -> None:
     if ctx.store.get_channel(msg.channel_id) is None:
-        raise Refused(ErrorCode.CHANNEL_NOT_FOUND, "Channel does not exist")
+        raise Refused.error(ErrorCode.CHANNEL_NOT_FOUND, "Channel does not exist")
     if msg.subchannel_id is not None:
-        raise Refused(ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
+        raise Refused.error(ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
     _check_room(session.channels, msg.channel_id, ctx.config.max_channel_subscriptions,
                 ErrorCode.CHANNEL_SUBSCRIPTION_LIMIT, "Channel")
     ctx.sessions.subscribe_channel(session, msg.channel_id)
@@ -163,10 +163,10 @@ def subscribe_channel(ctx: ServerContext, session: Session, msg) -> None:
 def _check_room(subscribed: set[int], wanted: int, limit: int, code: ErrorCode, kind: str) -> None:
     """Refuse a new subscription past the per-session limit; renewing one is always fine."""
     if wanted not in subscribed and len(subscribed) >= limit:
-        raise Refused(code, f"{kind} subscription limit exceeded (max {limit} per session)")
+        raise Refused.error(code, f"{kind} subscription limit exceeded (max {limit} per session)")
 
 
-def unsubscribe_channel(ctx: ServerContext, session: Session, msg) -> None:
+def unsubscribe_channel(ctx: ServerContext, session: Session, msg: messages.UnsubscribeChannel) -> None:
     if msg.subchannel_id is None:
         ctx.sessions.unsubscribe_channel(session, msg.channel_id)
     send(session, messages.SubscribeOk(

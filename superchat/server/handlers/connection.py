@@ -12,11 +12,11 @@ class ClientDisconnect(Exception):
     """The client said DISCONNECT; the connection closes without an answer."""
 
 
-def ping(ctx: ServerContext, session: Session, msg) -> None:
+def ping(ctx: ServerContext, session: Session, msg: messages.Ping) -> None:
     send(session, messages.Pong(client_timestamp=msg.timestamp))
 
 
-def disconnect(ctx: ServerContext, session: Session, msg) -> None:
+def disconnect(ctx: ServerContext, session: Session, msg: messages.Disconnect) -> None:
     raise ClientDisconnect
 
 

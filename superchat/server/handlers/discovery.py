@@ -21,34 +21,32 @@ MAX_NAME_BYTES = 100
 MAX_DESCRIPTION_BYTES = 500
 
 
-def list_servers(ctx: ServerContext, session: Session, msg) -> None:
+def list_servers(ctx: ServerContext, session: Session, msg: messages.ListServers) -> None:
     send(session, messages.ServerList(servers=ctx.directory.listing(msg.limit)))
 
 
-def register_server(ctx: ServerContext, session: Session, msg) -> None:
-    _require_directory_mode(ctx)
+def _registration_refused(text: str) -> messages.RegisterAck:
+    return messages.RegisterAck(success=False, message=text)
 
-    def refuse(text: str) -> None:
-        send(session, messages.RegisterAck(success=False, message=text))
+
+def register_server(ctx: ServerContext, session: Session, msg: messages.RegisterServer) -> None:
+    _require_directory_mode(ctx)
 
     # Counted before anything else, so that malformed requests cannot probe for free either.
     if not ctx.directory.registrations.allow(LoginThrottle.source(session.host)):
         limits.exceeded(limits.session_named(session.id, session.nickname), "server registration",
                         f"max 30 per hour from {session.host}")
-        refuse("Rate limit exceeded (30 requests/hour)")
-        return
+        raise Refused(_registration_refused("Rate limit exceeded (30 requests/hour)"))
     problem = _registration_problem(msg)
     if problem:
-        refuse(problem)
-        return
+        raise Refused(_registration_refused(problem))
     where = address_text(msg.hostname, msg.port)
     try:
         verify_server(msg.hostname, msg.port)
     except PeerError as exc:
         log.warning("Session %d: registration of %s from %s refused: could not verify: %s",
                     session.id, where, session.host, exc)
-        refuse(f"Could not verify server: {exc.public_text}")
-        return
+        raise Refused(_registration_refused(f"Could not verify server: {exc.public_text}")) from None
     ctx.writer.run(
         ctx.store.register_server,
         msg.hostname,
@@ -67,7 +65,7 @@ def register_server(ctx: ServerContext, session: Session, msg) -> None:
     ))
 
 
-def _registration_problem(msg) -> str:
+def _registration_problem(msg: messages.RegisterServer) -> str:
     if not msg.hostname or msg.port == 0:
         return "Invalid hostname or port"
     if len(msg.hostname.encode()) > MAX_HOSTNAME_BYTES:
@@ -79,31 +77,31 @@ def _registration_problem(msg) -> str:
     return ""
 
 
-def heartbeat(ctx: ServerContext, session: Session, msg) -> None:
+def heartbeat(ctx: ServerContext, session: Session, msg: messages.Heartbeat) -> None:
     _require_directory_mode(ctx)
     listed = ctx.writer.run(
         ctx.store.record_heartbeat, msg.hostname, msg.port, msg.user_count, msg.uptime_seconds,
         msg.channel_count, now_ms(),
     )
     if not listed:
-        raise Refused(ErrorCode.NOT_FOUND, "Server not registered")
+        raise Refused.error(ErrorCode.NOT_FOUND, "Server not registered")
     send(session, messages.HeartbeatAck(heartbeat_interval=ctx.config.heartbeat_interval_seconds))
 
 
-def verify_registration(ctx: ServerContext, session: Session, msg) -> None:
+def verify_registration(ctx: ServerContext, session: Session, msg: messages.VerifyRegistration) -> None:
     """A directory checking that this server is really here: echo its challenge."""
     log.info("Session %d: answered a verification challenge from %s", session.id, session.peer)
     send(session, messages.VerifyResponse(challenge=msg.challenge))
 
 
-def verify_response(ctx: ServerContext, session: Session, msg) -> None:
+def verify_response(ctx: ServerContext, session: Session, msg: messages.VerifyResponse) -> None:
     # This server asks its challenges on connections of its own, never on a client's session.
-    raise Refused(ErrorCode.INVALID_INPUT, "No pending verification")
+    raise Refused.error(ErrorCode.INVALID_INPUT, "No pending verification")
 
 
 def _require_directory_mode(ctx: ServerContext) -> None:
     if not ctx.config.directory_enabled:
-        raise Refused(ErrorCode.UNSUPPORTED, "Directory mode not enabled on this server")
+        raise Refused.error(ErrorCode.UNSUPPORTED, "Directory mode not enabled on this server")
 
 
 HANDLERS = {

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from ...protocol import ErrorCode, messages
+from ...protocol import messages
 from ...sshkeys import InvalidKey, parse_public_key
 from ...storage import SSHKeyExists
 from .. import passwords
 from ..context import ServerContext
 from ..outbound import Refused, send
+from ..permissions import account_of
+from ..preconditions import registered_only
 from ..session import Session
 
 log = logging.getLogger("superchat.accounts")
@@ -19,45 +21,36 @@ MAX_LABEL_BYTES = 100
 MAX_KEYS_PER_USER = 100
 
 
-def _signed_in(session: Session, action: str) -> int:
-    if session.user_id is None:
-        raise Refused(ErrorCode.AUTH_REQUIRED, f"Must be authenticated to {action}")
-    return session.user_id
+def _key_refused(text: str) -> messages.SSHKeyAdded:
+    return messages.SSHKeyAdded(success=False, key_id=0, fingerprint="", error_message=text)
 
 
-def add_ssh_key(ctx: ServerContext, session: Session, msg) -> None:
-    user_id = _signed_in(session, "add SSH key")
-
-    def refuse(text: str) -> None:
-        send(session, messages.SSHKeyAdded(success=False, key_id=0, fingerprint="", error_message=text))
-
+@registered_only("Must be authenticated to add SSH key")
+def add_ssh_key(ctx: ServerContext, session: Session, msg: messages.AddSSHKey) -> None:
+    user_id = account_of(session)
     if not msg.public_key.strip():
-        refuse("Public key cannot be empty")
-        return
+        raise Refused(_key_refused("Public key cannot be empty"))
     if len(msg.label.encode()) > MAX_LABEL_BYTES:
-        refuse(f"Label must be at most {MAX_LABEL_BYTES} bytes")
-        return
+        raise Refused(_key_refused(f"Label must be at most {MAX_LABEL_BYTES} bytes"))
     try:
         key = parse_public_key(msg.public_key)
     except InvalidKey as exc:
-        refuse(f"Invalid SSH public key: {exc}")
-        return
+        raise Refused(_key_refused(f"Invalid SSH public key: {exc}")) from None
     if len(ctx.store.list_ssh_keys(user_id)) >= MAX_KEYS_PER_USER:
-        refuse(f"Too many SSH keys (max {MAX_KEYS_PER_USER}); delete one first")
-        return
+        raise Refused(_key_refused(f"Too many SSH keys (max {MAX_KEYS_PER_USER}); delete one first"))
     try:
         row = ctx.writer.run(
             ctx.store.add_ssh_key, user_id, key.fingerprint, key.authorized_line, key.key_type, msg.label or None
         )
     except SSHKeyExists:
-        refuse("SSH key already exists")
-        return
+        raise Refused(_key_refused("SSH key already exists")) from None
     log.info("User %d added SSH key %s", user_id, key.fingerprint)
     send(session, messages.SSHKeyAdded(success=True, key_id=row.id, fingerprint=row.fingerprint, error_message=""))
 
 
-def list_ssh_keys(ctx: ServerContext, session: Session, msg) -> None:
-    user_id = _signed_in(session, "list SSH keys")
+@registered_only("Must be authenticated to list SSH keys")
+def list_ssh_keys(ctx: ServerContext, session: Session, msg: messages.ListSSHKeys) -> None:
+    user_id = account_of(session)
     send(session, messages.SSHKeyList(keys=[
         messages.SSHKeyInfo(
             id=key.id,
@@ -71,8 +64,9 @@ def list_ssh_keys(ctx: ServerContext, session: Session, msg) -> None:
     ]))
 
 
-def update_ssh_key_label(ctx: ServerContext, session: Session, msg) -> None:
-    user_id = _signed_in(session, "update SSH key")
+@registered_only("Must be authenticated to update SSH key")
+def update_ssh_key_label(ctx: ServerContext, session: Session, msg: messages.UpdateSSHKeyLabel) -> None:
+    user_id = account_of(session)
     if len(msg.new_label.encode()) > MAX_LABEL_BYTES:
         problem = f"Label must be at most {MAX_LABEL_BYTES} bytes"
     elif ctx.writer.run(ctx.store.relabel_ssh_key, user_id, msg.key_id, msg.new_label or None):
@@ -83,8 +77,9 @@ def update_ssh_key_label(ctx: ServerContext, session: Session, msg) -> None:
     send(session, messages.SSHKeyLabelUpdated(success=not problem, error_message=problem))
 
 
-def delete_ssh_key(ctx: ServerContext, session: Session, msg) -> None:
-    user_id = _signed_in(session, "delete SSH key")
+@registered_only("Must be authenticated to delete SSH key")
+def delete_ssh_key(ctx: ServerContext, session: Session, msg: messages.DeleteSSHKey) -> None:
+    user_id = account_of(session)
     with passwords.sign_in_methods:  # the last key and the password must not both go
         problem = _deletion_problem(ctx, user_id, msg.key_id)
     send(session, messages.SSHKeyDeleted(success=not problem, error_message=problem))

@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+from collections.abc import Callable
+from typing import Any
 
-from ...protocol import ErrorCode, encode_message, flags, messages
+from ...protocol import encode_message, messages
 from ...storage import StorageError
 from .. import bans as banlist
 from .. import events
 from ..context import ServerContext
 from ..event import BansLifted, ChannelDeleted, IpBanned, UserBanned, UserDeleted
 from ..outbound import Refused, send
+from ..preconditions import admin_only
 from ..session import Session
 
 log = logging.getLogger("superchat.moderation")
 
-DENIED = "Permission denied: admin access required"
 # Timed bans end within a century; longer ones would not fit the wire's and the database's 64-bit
 # millisecond timestamps for long (and a permanent ban is simply one without a duration).
 MAX_BAN_SECONDS = 100 * 366 * 24 * 3600
-
-
-def _is_admin(session: Session) -> bool:
-    return session.user_id is not None and bool(session.user_flags & flags.ADMIN)
 
 
 def _audit(ctx: ServerContext, session: Session, action: str, details: str) -> None:
@@ -60,26 +59,22 @@ def _account_of(ctx: ServerContext, nickname: str | None) -> int | None:
     return None if user is None else user.id
 
 
-def ban_user(ctx: ServerContext, session: Session, msg) -> None:
-    def answer(text: str, ban_id: int | None = None) -> None:
-        send(session, messages.UserBanned(success=ban_id is not None, ban_id=ban_id or 0, message=text))
+def _user_ban_failed(text: str) -> messages.UserBanned:
+    return messages.UserBanned(success=False, ban_id=0, message=text)
 
-    if not _is_admin(session):
-        answer(DENIED)
-        return
+
+@admin_only(_user_ban_failed)
+def ban_user(ctx: ServerContext, session: Session, msg: messages.BanUser) -> None:
     if msg.user_id is None and not msg.nickname:
-        answer("Must provide either UserID or Nickname")
-        return
+        raise Refused(_user_ban_failed("Must provide either UserID or Nickname"))
     problem = _duration_problem(msg.duration_seconds)
     if problem:
-        answer(problem)
-        return
+        raise Refused(_user_ban_failed(problem))
     nickname, user_id = msg.nickname, msg.user_id
     if user_id is not None:
         user = ctx.store.get_user(user_id)
         if user is None:
-            answer("User not found")
-            return
+            raise Refused(_user_ban_failed("User not found"))
         nickname = nickname or user.nickname
     else:
         # A ban by nickname also names the account registered under it, so that the ban follows the
@@ -87,62 +82,53 @@ def ban_user(ctx: ServerContext, session: Session, msg) -> None:
         # lifted by either identity.
         user_id = _account_of(ctx, nickname)
     if user_id == session.user_id or nickname == session.nickname:
-        answer("Cannot ban yourself")
-        return
+        raise Refused(_user_ban_failed("Cannot ban yourself"))
     ban = ctx.writer.run(ctx.store.add_user_ban, user_id, nickname, msg.reason, msg.shadowban,
                          _until(msg.duration_seconds), session.nickname)
     target = nickname or f"user_id:{user_id}"
     _audit(ctx, session, "BAN_USER", f"banned user {target} (ban_id={ban.id}, reason={msg.reason!r}, "
                                      f"shadowban={msg.shadowban}, {banlist.describe(ban).split('.')[0]})")
     events.emit(ctx, UserBanned(ban), exclude=session)
-    answer(f"User {target} banned successfully", ban.id)
+    send(session, messages.UserBanned(success=True, ban_id=ban.id, message=f"User {target} banned successfully"))
 
 
-def _requested_network(text: str):
-    """The address or range an admin named, or why it is not one."""
+def _requested_network(text: str, failed: Callable[[str], Any]) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The address or range an admin named; refused with ``failed`` when it is not one."""
     if not text.strip():
-        return None, "IP/CIDR address required"
+        raise Refused(failed("IP/CIDR address required"))
     try:
-        return banlist.parse_network(text), ""
+        return banlist.parse_network(text)
     except ValueError:
-        return None, f"Invalid IP address or CIDR range: {text}"
+        raise Refused(failed(f"Invalid IP address or CIDR range: {text}")) from None
 
 
-def ban_ip(ctx: ServerContext, session: Session, msg) -> None:
-    def answer(text: str, ban_id: int | None = None) -> None:
-        send(session, messages.IPBanned(success=ban_id is not None, ban_id=ban_id or 0, message=text))
+def _ip_ban_failed(text: str) -> messages.IPBanned:
+    return messages.IPBanned(success=False, ban_id=0, message=text)
 
-    if not _is_admin(session):
-        answer(DENIED)
-        return
-    network, problem = _requested_network(msg.ip_cidr)
-    if problem:
-        answer(problem)
-        return
+
+@admin_only(_ip_ban_failed)
+def ban_ip(ctx: ServerContext, session: Session, msg: messages.BanIP) -> None:
+    network = _requested_network(msg.ip_cidr, _ip_ban_failed)
     problem = _duration_problem(msg.duration_seconds)
     if problem:
-        answer(problem)
-        return
+        raise Refused(_ip_ban_failed(problem))
     if banlist.address_in(session.host, network):
-        answer("Refusing to ban a range that contains your own address")
-        return
+        raise Refused(_ip_ban_failed("Refusing to ban a range that contains your own address"))
     ban = ctx.writer.run(ctx.store.add_ip_ban, str(network), msg.reason, _until(msg.duration_seconds), session.nickname)
     _audit(ctx, session, "BAN_IP", f"banned IP {network} (ban_id={ban.id}, reason={msg.reason!r}, "
                                    f"{banlist.describe(ban).split('.')[0]})")
     events.emit(ctx, IpBanned(ban))
-    answer(f"IP {network} banned successfully", ban.id)
+    send(session, messages.IPBanned(success=True, ban_id=ban.id, message=f"IP {network} banned successfully"))
 
 
-def unban_user(ctx: ServerContext, session: Session, msg) -> None:
-    def answer(text: str, success: bool = False) -> None:
-        send(session, messages.UserUnbanned(success=success, message=text))
+def _user_unban_failed(text: str) -> messages.UserUnbanned:
+    return messages.UserUnbanned(success=False, message=text)
 
-    if not _is_admin(session):
-        answer(DENIED)
-        return
+
+@admin_only(_user_unban_failed)
+def unban_user(ctx: ServerContext, session: Session, msg: messages.UnbanUser) -> None:
     if msg.user_id is None and not msg.nickname:
-        answer("Must provide either UserID or Nickname")
-        return
+        raise Refused(_user_unban_failed("Must provide either UserID or Nickname"))
     # Either identity names the account: a ban recorded under its id or its nickname is lifted.
     nickname, user_id = msg.nickname, msg.user_id
     if user_id is None:
@@ -152,39 +138,34 @@ def unban_user(ctx: ServerContext, session: Session, msg) -> None:
         nickname = None if user is None else user.nickname
     removed = ctx.writer.run(ctx.store.remove_user_bans, user_id, nickname, banlist.now_ms())
     if not removed:
-        answer("No active ban found for this user")
-        return
+        raise Refused(_user_unban_failed("No active ban found for this user"))
     target = nickname or f"user_id:{user_id}"
     _audit(ctx, session, "UNBAN_USER", f"unbanned user {target} ({removed} bans removed)")
     ctx.bans.reload()
     events.emit(ctx, BansLifted())
-    answer(f"User {target} unbanned successfully ({removed} bans removed)", True)
+    send(session, messages.UserUnbanned(success=True,
+                                        message=f"User {target} unbanned successfully ({removed} bans removed)"))
 
 
-def unban_ip(ctx: ServerContext, session: Session, msg) -> None:
-    def answer(text: str, success: bool = False) -> None:
-        send(session, messages.IPUnbanned(success=success, message=text))
+def _ip_unban_failed(text: str) -> messages.IPUnbanned:
+    return messages.IPUnbanned(success=False, message=text)
 
-    if not _is_admin(session):
-        answer(DENIED)
-        return
-    network, problem = _requested_network(msg.ip_cidr)
-    if problem:
-        answer(problem)
-        return
+
+@admin_only(_ip_unban_failed)
+def unban_ip(ctx: ServerContext, session: Session, msg: messages.UnbanIP) -> None:
+    network = _requested_network(msg.ip_cidr, _ip_unban_failed)
     removed = ctx.writer.run(ctx.store.remove_ip_bans, str(network), banlist.now_ms())
     if not removed:
-        answer("No active ban found for this IP")
-        return
+        raise Refused(_ip_unban_failed("No active ban found for this IP"))
     _audit(ctx, session, "UNBAN_IP", f"unbanned IP {network} ({removed} bans removed)")
     ctx.bans.reload()
     events.emit(ctx, BansLifted())
-    answer(f"IP {network} unbanned successfully ({removed} bans removed)", True)
+    send(session, messages.IPUnbanned(success=True,
+                                      message=f"IP {network} unbanned successfully ({removed} bans removed)"))
 
 
-def list_bans(ctx: ServerContext, session: Session, msg) -> None:
-    if not _is_admin(session):
-        raise Refused(ErrorCode.PERMISSION_DENIED, DENIED)
+@admin_only()
+def list_bans(ctx: ServerContext, session: Session, msg: messages.ListBans) -> None:
     send(session, messages.BanList(bans=[
         messages.BanEntry(
             id=ban.id, type=ban.ban_type, user_id=ban.user_id, nickname=ban.nickname, ip_cidr=ban.ip_cidr,
@@ -195,20 +176,17 @@ def list_bans(ctx: ServerContext, session: Session, msg) -> None:
     ]))
 
 
-def delete_user(ctx: ServerContext, session: Session, msg) -> None:
-    def refuse(text: str) -> None:
-        send(session, messages.UserDeleted(success=False, message=text))
+def _user_deletion_failed(text: str) -> messages.UserDeleted:
+    return messages.UserDeleted(success=False, message=text)
 
-    if not _is_admin(session):
-        refuse(DENIED)
-        return
+
+@admin_only(_user_deletion_failed)
+def delete_user(ctx: ServerContext, session: Session, msg: messages.DeleteUser) -> None:
     if msg.user_id == session.user_id:
-        refuse("Cannot delete your own account")
-        return
+        raise Refused(_user_deletion_failed("Cannot delete your own account"))
     user = ctx.writer.run(ctx.store.delete_user, msg.user_id)
     if user is None:
-        refuse("User not found")
-        return
+        raise Refused(_user_deletion_failed("User not found"))
     _audit(ctx, session, "DELETE_USER", f"deleted user {user.nickname} (user_id={user.id})")
     expelled = sum(1 for other in ctx.sessions.sessions_of_user(user.id) if not other.finishing)
     expelled += sum(1 for other in ctx.cluster.remote_sessions() if other.user_id == user.id)
@@ -220,17 +198,15 @@ def delete_user(ctx: ServerContext, session: Session, msg) -> None:
     events.emit(ctx, UserDeleted(user.id, encode_message(notice)))
 
 
-def delete_channel(ctx: ServerContext, session: Session, msg) -> None:
-    def refuse(text: str, channel_id: int = 0) -> None:
-        send(session, messages.ChannelDeleted(success=False, channel_id=channel_id, message=text))
+def _channel_deletion_failed(text: str) -> messages.ChannelDeleted:
+    return messages.ChannelDeleted(success=False, channel_id=0, message=text)
 
-    if not _is_admin(session):
-        refuse(DENIED)
-        return
+
+@admin_only(_channel_deletion_failed)
+def delete_channel(ctx: ServerContext, session: Session, msg: messages.DeleteChannel) -> None:
     channel = ctx.writer.run(ctx.store.delete_channel, msg.channel_id)
     if channel is None:
-        refuse("Channel not found", msg.channel_id)
-        return
+        raise Refused(messages.ChannelDeleted(success=False, channel_id=msg.channel_id, message="Channel not found"))
     _audit(ctx, session, "DELETE_CHANNEL",
            f"deleted channel {channel.name} (channel_id={channel.id}, reason={msg.reason!r})")
     notice = messages.ChannelDeleted(

@@ -12,6 +12,8 @@ from ..context import ServerContext
 from ..event import Route
 from ..limits import SlidingWindow
 from ..outbound import Refused, send
+from ..permissions import is_admin, is_author
+from ..preconditions import nickname_required, registered_only
 from ..session import Session
 
 log = logging.getLogger("superchat.posts")
@@ -26,9 +28,9 @@ LIST_OVERHEAD_BYTES = 64
 ENTRY_FIXED_BYTES = 52
 
 
-def list_messages(ctx: ServerContext, session: Session, msg) -> None:
+def list_messages(ctx: ServerContext, session: Session, msg: messages.ListMessages) -> None:
     limit = min(msg.limit or DEFAULT_PAGE, MAX_PAGE)
-    viewer = Viewer(session.user_id, session.nickname, _is_admin(session))
+    viewer = Viewer(session.user_id, session.nickname, is_admin(session))
     if msg.parent_id is not None:
         rows = ctx.store.list_thread(msg.parent_id, limit, msg.before_id, msg.after_id, viewer)
     elif msg.subchannel_id is not None:
@@ -53,30 +55,30 @@ def _fit_in_frame(entries: list) -> list:
     return entries
 
 
-def post_message(ctx: ServerContext, session: Session, msg) -> None:
-    if not session.nickname:
-        raise Refused(ErrorCode.AUTH_REQUIRED, "Nickname required. Use SET_NICKNAME first.")
+# The reference server answers a post without a nickname with AUTH_REQUIRED, a deletion with NICKNAME_REQUIRED.
+@nickname_required(code=ErrorCode.AUTH_REQUIRED)
+def post_message(ctx: ServerContext, session: Session, msg: messages.PostMessage) -> None:
     ban = ctx.bans.user_ban(session.user_id, session.nickname)
     if ban is not None and not ban.shadowban:
-        raise Refused(ErrorCode.PERMISSION_DENIED, f"You are banned {describe(ban)}")
+        raise Refused.error(ErrorCode.PERMISSION_DENIED, f"You are banned {describe(ban)}")
     # Looked up at every post, so a shadowban that expires or is lifted ends here too.
     session.shadowbanned = ban is not None
     _check_content(ctx, msg.content)
     if msg.subchannel_id is not None:
-        raise Refused(ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
+        raise Refused.error(ErrorCode.SUBCHANNEL_NOT_FOUND, "Subchannel does not exist")
     channel = ctx.store.get_channel(msg.channel_id)
     if channel is None:
         # The reference server answers an unknown channel with a database error code.
-        raise Refused(ErrorCode.DATABASE_ERROR, "Channel not found")
+        raise Refused.error(ErrorCode.DATABASE_ERROR, "Channel not found")
     if channel.channel_type == CHAT_CHANNEL and msg.parent_id is not None:
-        raise Refused(ErrorCode.INVALID_INPUT, "Chat channels do not support threaded replies")
+        raise Refused.error(ErrorCode.INVALID_INPUT, "Chat channels do not support threaded replies")
     # The reference server advertises message_rate_limit without enforcing it; we enforce it.
     if session.post_window is None:
         session.post_window = SlidingWindow(ctx.config.message_rate_limit, RATE_WINDOW_SECONDS)
     if not session.post_window.allow():
         limit = ctx.config.message_rate_limit
         limits.exceeded(limits.session_named(session.id, session.nickname), "message", f"max {limit} per minute")
-        raise Refused(ErrorCode.MESSAGE_RATE_LIMITED, f"Message rate limit exceeded (max {limit} per minute)")
+        raise Refused.error(ErrorCode.MESSAGE_RATE_LIMITED, f"Message rate limit exceeded (max {limit} per minute)")
 
     stored = ctx.writer.post(NewPost(
         channel_id=msg.channel_id,
@@ -89,7 +91,7 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
     ))
     if isinstance(stored, PostRejected):
         text = "Channel not found" if stored is PostRejected.NO_CHANNEL else "Parent message not found"
-        raise Refused(ErrorCode.DATABASE_ERROR, text)
+        raise Refused.error(ErrorCode.DATABASE_ERROR, text)
 
     # The author is this session, whose name and flags are current: no lookup, which could yield
     # (on PostgreSQL) and let a later post of this node be delivered first.
@@ -107,24 +109,23 @@ def post_message(ctx: ServerContext, session: Session, msg) -> None:
     events.deliver(ctx, route, key, notice, private_to=_private_to(stored), post=post)
 
 
-def edit_message(ctx: ServerContext, session: Session, msg) -> None:
-    if session.user_id is None:
-        raise Refused(ErrorCode.AUTH_REQUIRED, "Authentication required. Register to edit messages.")
+@registered_only("Authentication required. Register to edit messages.")
+def edit_message(ctx: ServerContext, session: Session, msg: messages.EditMessage) -> None:
     _check_content(ctx, msg.new_content)
     row = ctx.store.get_message(msg.message_id)
     if row is None:
-        raise Refused(ErrorCode.MESSAGE_NOT_FOUND, "Message not found")
+        raise Refused.error(ErrorCode.MESSAGE_NOT_FOUND, "Message not found")
     if row.author_user_id is None:
-        raise Refused(ErrorCode.PERMISSION_DENIED, "Cannot edit anonymous messages")
-    if row.author_user_id != session.user_id and not _is_admin(session):
-        raise Refused(ErrorCode.PERMISSION_DENIED, "You can only edit your own messages")
+        raise Refused.error(ErrorCode.PERMISSION_DENIED, "Cannot edit anonymous messages")
+    if row.author_user_id != session.user_id and not is_admin(session):
+        raise Refused.error(ErrorCode.PERMISSION_DENIED, "You can only edit your own messages")
     if row.deleted_at is not None:
-        raise Refused(ErrorCode.INVALID_INPUT, "Cannot edit deleted message")
+        raise Refused.error(ErrorCode.INVALID_INPUT, "Cannot edit deleted message")
     # Editing under a shadowban must not publish the new text: the message is hidden from then on.
     ban = ctx.bans.user_ban(session.user_id, session.nickname)
     edited = ctx.writer.run(ctx.store.edit_message, msg.message_id, msg.new_content, ban is not None)
     if edited is None:  # deleted between the check and the write
-        raise Refused(ErrorCode.INVALID_INPUT, "Cannot edit deleted message")
+        raise Refused.error(ErrorCode.INVALID_INPUT, "Cannot edit deleted message")
     log.info("Session %d (%s) edited message %d", session.id, session.nickname, edited.id)
     notice = messages.MessageEdited(
         success=True, message_id=edited.id, edited_at=edited.edited_at, new_content=edited.content, message=""
@@ -133,22 +134,21 @@ def edit_message(ctx: ServerContext, session: Session, msg) -> None:
                    also=session)
 
 
-def delete_message(ctx: ServerContext, session: Session, msg) -> None:
-    if not session.nickname:
-        raise Refused(ErrorCode.NICKNAME_REQUIRED, "Nickname required. Use SET_NICKNAME first.")
+@nickname_required()
+def delete_message(ctx: ServerContext, session: Session, msg: messages.DeleteMessage) -> None:
     row = ctx.store.get_message(msg.message_id)
     # Unknown and already-deleted messages get the reference server's database error code.
     if row is None:
-        raise Refused(ErrorCode.DATABASE_ERROR, "Message not found")
+        raise Refused.error(ErrorCode.DATABASE_ERROR, "Message not found")
     if row.deleted_at is not None:
-        raise Refused(ErrorCode.DATABASE_ERROR, "Message already deleted")
+        raise Refused.error(ErrorCode.DATABASE_ERROR, "Message already deleted")
     # The reference server's in-memory store lets anyone delete anything; the documented
     # rule, enforced here, is that only the author or an admin may.
-    if not (_is_author(session, row) or _is_admin(session)):
-        raise Refused(ErrorCode.PERMISSION_DENIED, "You can only delete your own messages")
+    if not (is_author(session, row.author_user_id, row.author_nickname) or is_admin(session)):
+        raise Refused.error(ErrorCode.PERMISSION_DENIED, "You can only delete your own messages")
     deleted = ctx.writer.run(ctx.store.soft_delete_message, msg.message_id)
     if deleted is None:
-        raise Refused(ErrorCode.DATABASE_ERROR, "Message already deleted")
+        raise Refused.error(ErrorCode.DATABASE_ERROR, "Message already deleted")
     log.info("Session %d (%s) deleted message %d", session.id, session.nickname, deleted.id)
     notice = messages.MessageDeleted(
         success=True, message_id=deleted.id, deleted_at=deleted.deleted_at, message=deleted.content
@@ -159,23 +159,15 @@ def delete_message(ctx: ServerContext, session: Session, msg) -> None:
 
 def _check_content(ctx: ServerContext, content: str) -> None:
     if not content:
-        raise Refused(ErrorCode.INVALID_FORMAT, "Message content cannot be empty")
+        raise Refused.error(ErrorCode.INVALID_FORMAT, "Message content cannot be empty")
     max_length = ctx.config.max_message_length
     if len(content.encode()) > max_length:
-        raise Refused(ErrorCode.MESSAGE_TOO_LONG, f"Message too long (max {max_length} bytes)")
-
-
-def _is_author(session: Session, row: MessageRow) -> bool:
-    return events.is_author(session, row.author_user_id, row.author_nickname)
+        raise Refused.error(ErrorCode.MESSAGE_TOO_LONG, f"Message too long (max {max_length} bytes)")
 
 
 def _private_to(message: MessageRow) -> tuple[int | None, str] | None:
     """A shadowed post is seen only by its author and the admins: the author notices nothing."""
     return (message.author_user_id, message.author_nickname) if message.shadowed else None
-
-
-def _is_admin(session: Session) -> bool:
-    return events.is_admin(session)
 
 
 def _entries(ctx: ServerContext, rows: list[MessageRow], record=messages.MessageEntry) -> list:

@@ -15,11 +15,11 @@ from ..session import Session
 MAX_TARGETS = 1000
 
 
-def get_unread_counts(ctx: ServerContext, session: Session, msg) -> None:
+def get_unread_counts(ctx: ServerContext, session: Session, msg: messages.GetUnreadCounts) -> None:
     if msg.since_timestamp is None and session.user_id is None:
-        raise Refused(ErrorCode.AUTH_REQUIRED, "Anonymous users must provide since_timestamp")
+        raise Refused.error(ErrorCode.AUTH_REQUIRED, "Anonymous users must provide since_timestamp")
     if len(msg.targets) > MAX_TARGETS:
-        raise Refused(ErrorCode.INVALID_INPUT, f"Too many unread count targets (max {MAX_TARGETS})")
+        raise Refused.error(ErrorCode.INVALID_INPUT, f"Too many unread count targets (max {MAX_TARGETS})")
     wanted = {(t.channel_id, t.subchannel_id, t.thread_id) for t in msg.targets}
     # A channel that does not exist has nothing unread; no need to ask the database per target.
     channels = {channel.id for channel in ctx.store.list_channels()} if wanted else set()
@@ -52,7 +52,7 @@ def get_unread_counts(ctx: ServerContext, session: Session, msg) -> None:
     ]))
 
 
-def update_read_state(ctx: ServerContext, session: Session, msg) -> None:
+def update_read_state(ctx: ServerContext, session: Session, msg: messages.UpdateReadState) -> None:
     """No answer, as the protocol defines; anonymous clients keep their read state themselves.
 
     A position in a channel that does not exist is dropped as silently: storing it failed the
