@@ -13,6 +13,7 @@ import bcrypt
 import psycopg2
 import pytest
 
+from superchat.protocol import ErrorCode
 from superchat.protocol import messages as m
 from superchat.storage import schema
 from tests.client import UNSOLICITED, Client
@@ -69,7 +70,7 @@ def test_registration_signs_the_session_in(connect):
     anonymous = connect("anon1")
     chat = anonymous.channel_id("chat")
     answer = post_and_edit(anonymous, chat, "anonymous words")
-    assert isinstance(answer, m.Error) and answer.error_code == 2000
+    assert isinstance(answer, m.Error) and answer.error_code == ErrorCode.AUTH_REQUIRED
 
     client = connect("regme")
     client.send(m.RegisterUser(password=pw("regme")))
@@ -257,7 +258,7 @@ def test_admin_flag_comes_from_the_configuration_and_follows_it_at_restart(start
         chat = boss.channel_id("chat")
         assert authors(boss, chat) == ["boss", "regular", "~anon"]
         boss.send(m.ListUsers(limit=10, include_offline=True))
-        boss.expect_error(3000)
+        boss.expect_error(ErrorCode.PERMISSION_DENIED)
 
 
 # -- login and logout --
@@ -299,10 +300,10 @@ def test_logout_is_silent_and_makes_the_session_anonymous(connect):
     client.send(m.Logout())
     client.assert_silent(0.3, skip=())
     answer = post_and_edit(client, chat, "after logout")
-    assert isinstance(answer, m.Error) and answer.error_code == 2000
+    assert isinstance(answer, m.Error) and answer.error_code == ErrorCode.AUTH_REQUIRED
     assert authors(client, chat) == ["leaver", "~leaver"]
     client.send(m.ChangePassword(old_password=pw("leaver"), new_password=pw("new")))
-    client.expect_error(2000)
+    client.expect_error(ErrorCode.AUTH_REQUIRED)
     # A second LOGOUT while anonymous is just as silent.
     client.send(m.Logout())
     client.assert_silent(0.2, skip=())
@@ -417,7 +418,7 @@ def test_bcrypt_runs_off_the_hub(start_server):
 def test_change_password(connect):
     anonymous = connect("nopass")
     anonymous.send(m.ChangePassword(old_password=pw("a"), new_password=pw("b")))
-    anonymous.expect_error(2000)
+    anonymous.expect_error(ErrorCode.AUTH_REQUIRED)
 
     client = connect()
     client.register("changer", pw("old"))
@@ -456,7 +457,7 @@ def test_admin_rights_follow_a_rename(start_server):
         assert boss.expect(m.NicknameResponse).success
         for client in (boss, twin):
             client.send(m.ListUsers(limit=10, include_offline=True))
-            client.expect_error(3000)
+            client.expect_error(ErrorCode.PERMISSION_DENIED)
         assert other.login("retired", pw("boss")).user_flags == 0
         chat = other.channel_id("chat")
         other.post(chat, "retired words")

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from superchat.protocol import ErrorCode
 from superchat.protocol import messages as m
 from tests.client import Client
 from tests.server_process import SCD
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.timeout(120)
 ADMINS = {"server": {"admin_users": ["boss", "Chief"]}}
 RESERVED = "Nickname reserved: admin accounts are made by the server operator"
 CLIENT_HASH = "c" * 44  # any 40-50 byte string stands for a client's password hash
-PERMISSION_DENIED = 3000
+PERMISSION_DENIED = ErrorCode.PERMISSION_DENIED
 # What a SuperChat client sends for the password "hunter22" as "boss": argon2id(salt "boss", 3 passes,
 # 64 MiB, 4 lanes, 32 bytes), computed by another implementation (noble-hashes), not by ours.
 HUNTER22_AS_BOSS = "lbKXX-fcyLoU7NQEtL6wiPjoj2ib6QiklUcgdB62494"

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from superchat.config import load_config
-from superchat.protocol import FrameDecoder, decode_payload, encode_message
+from superchat.protocol import ErrorCode, FrameDecoder, decode_payload, encode_message
 from superchat.protocol import messages as m
 from superchat.server.cluster import Solo
 from superchat.server.directory import Directory
@@ -138,9 +138,9 @@ def test_disabled_directory_lists_nothing_and_refuses_registrations(start_server
         client.send(m.ListServers(limit=10))
         assert client.expect(m.ServerList).servers == []
         client.send(m.RegisterServer(hostname="127.0.0.1", port=server.port, name="x", description="y"))
-        assert client.expect_error(1001).message == "Directory mode not enabled on this server"
+        assert client.expect_error(ErrorCode.UNSUPPORTED).message == "Directory mode not enabled on this server"
         client.send(m.Heartbeat(hostname="127.0.0.1", port=server.port))
-        assert client.expect_error(1001).message == "Directory mode not enabled on this server"
+        assert client.expect_error(ErrorCode.UNSUPPORTED).message == "Directory mode not enabled on this server"
         # A server that is no directory can still be listed by one: it answers challenges.
         client.send(m.VerifyRegistration(challenge=42))
         assert client.expect(m.VerifyResponse).challenge == 42
@@ -247,7 +247,7 @@ def wrong_answer(conn, decoder):
 def refusal(conn, decoder):
     conn.sendall(encode_message(m.ServerConfig(protocol_version=1)))
     read_message(conn, decoder)
-    conn.sendall(encode_message(m.Error(error_code=1001, message="Unsupported message type")))
+    conn.sendall(encode_message(m.Error(error_code=ErrorCode.UNSUPPORTED, message="Unsupported message type")))
 
 
 def other_protocol_version(conn, decoder):
@@ -319,7 +319,7 @@ def test_heartbeat_updates_a_listed_server(start_server):
     listed = start_server()
     with client_of(directory) as client:
         client.send(m.Heartbeat(hostname="127.0.0.1", port=listed.port, user_count=1))
-        assert client.expect_error(4000).message == "Server not registered"
+        assert client.expect_error(ErrorCode.NOT_FOUND).message == "Server not registered"
         assert register(client, listed.port, channel_count=1).success
         client.send(m.Heartbeat(hostname="127.0.0.1", port=listed.port, user_count=7, uptime_seconds=99,
                                 channel_count=4))
@@ -340,7 +340,7 @@ def test_unasked_verify_response_is_refused(start_server):
     server = start_server()
     with client_of(server) as client:
         client.send(m.VerifyResponse(challenge=1))
-        assert client.expect_error(6000).message == "No pending verification"
+        assert client.expect_error(ErrorCode.INVALID_INPUT).message == "No pending verification"
         client.send(m.Ping(timestamp=3))
         assert client.expect(m.Pong).client_timestamp == 3
 

@@ -13,6 +13,7 @@ import pytest
 from superchat.loadtest.cli import duration
 from superchat.loadtest.ramp import parse_source_addresses
 from superchat.loadtest.stats import Histogram
+from superchat.protocol import ErrorCode
 from tests.server_process import REPO
 
 pytestmark = pytest.mark.timeout(120)
@@ -118,7 +119,7 @@ def test_throughput_counts_rate_limit_errors_without_failing(start_server):
     report = loadtest(server, "--scenario", "throughput", "--clients", "2", "--duration", "1s")
     posts = report["posts"]
     assert posts["acknowledged"] == 10
-    assert posts["errors"]["5001"] > 0 and posts["disconnections"] == 0
+    assert posts["errors"][str(ErrorCode.MESSAGE_RATE_LIMITED.value)] > 0 and posts["disconnections"] == 0
 
 
 def test_a_missing_channel_is_reported_not_crashed_on(start_server):

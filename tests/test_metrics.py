@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from superchat.protocol import ErrorCode
 from superchat.protocol import messages as m
 from tests.client import Client
 from tests.tools import require
@@ -73,7 +74,7 @@ def test_sessions_and_frames_are_counted_by_type(server):
         a.send(m.Ping(timestamp=1))
         a.expect(m.Pong)
         a.send_frame(0x08, b"")
-        a.expect_error(1001)
+        a.expect_error(ErrorCode.UNSUPPORTED)
         general = a.channel_id("general")
         a.send(m.ListMessages(channel_id=general, limit=5))
         a.expect(m.MessageList)

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from superchat.protocol import ErrorCode
 from superchat.protocol import messages as m
 from tests.client import Client, ConnectionClosed
 
@@ -106,7 +107,7 @@ def test_offline_users_are_listed_for_admins_only(start_server):
         anon.expect(m.NicknameResponse)
         for client in (plain, anon):
             client.send(m.ListUsers(limit=10, include_offline=True))
-            client.expect_error(3000)
+            client.expect_error(ErrorCode.PERMISSION_DENIED)
         admin.send(m.ListUsers(limit=10, include_offline=True))
         users = admin.expect(m.UserList).users
         assert sorted(users, key=lambda u: u.nickname) == [
@@ -119,7 +120,7 @@ def test_offline_users_are_listed_for_admins_only(start_server):
         # After LOGOUT the admin is an ordinary anonymous session.
         admin.send(m.Logout())
         admin.send(m.ListUsers(limit=10, include_offline=True))
-        admin.expect_error(3000)
+        admin.expect_error(ErrorCode.PERMISSION_DENIED)
 
 
 def test_channel_roster(connect):
@@ -127,9 +128,9 @@ def test_channel_roster(connect):
     general, tech = first.channel_id("general"), first.channel_id("tech")
     for channel in (0, 987654):
         first.send(m.ListChannelUsers(channel_id=channel))
-        first.expect_error(4001)
+        first.expect_error(ErrorCode.CHANNEL_NOT_FOUND)
     first.send(m.ListChannelUsers(channel_id=general, subchannel_id=1))
-    first.expect_error(4004)
+    first.expect_error(ErrorCode.SUBCHANNEL_NOT_FOUND)
     first.send(m.ListChannelUsers(channel_id=general))
     assert first.expect(m.ChannelUserList) == m.ChannelUserList(channel_id=general, users=[])
 

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from superchat.protocol import ErrorCode
 from superchat.protocol import messages as m
 from tests.client import Client
 
@@ -73,13 +74,13 @@ def test_anonymous_sessions_must_say_since_when(connect):
     post(client, general, "something")
     for session in (nameless, client):
         session.send(m.GetUnreadCounts(targets=[m.UnreadTarget(channel_id=general)]))
-        session.expect_error(2000)
+        session.expect_error(ErrorCode.AUTH_REQUIRED)
         assert unread(session, [(general, None)], 0) == [1]
     # UPDATE_READ_STATE from an anonymous session is ignored, silently.
     client.send(m.UpdateReadState(channel_id=general, timestamp=int(time.time() * 1000)))
     client.assert_silent(0.3, skip=())
     client.send(m.GetUnreadCounts(targets=[m.UnreadTarget(channel_id=general)]))
-    client.expect_error(2000)
+    client.expect_error(ErrorCode.AUTH_REQUIRED)
     assert unread(client, [(general, None)], 0) == [1]
 
 
@@ -127,7 +128,7 @@ def test_registered_users_keep_their_read_position(server, connect):
         # After LOGOUT the session is anonymous: since is required again.
         again.send(m.Logout())
         again.send(m.GetUnreadCounts(targets=[m.UnreadTarget(channel_id=general)]))
-        again.expect_error(2000)
+        again.expect_error(ErrorCode.AUTH_REQUIRED)
 
 
 def test_deleted_messages_are_not_counted(connect):
@@ -191,10 +192,10 @@ def test_many_targets_neither_stall_the_hub_nor_pass_the_limit(connect):
     assert max(rtts) < 0.25, rtts
     # One more is refused, and so is the largest request the wire allows, at once.
     client.send(m.GetUnreadCounts(since_timestamp=0, targets=targets + targets[:1]))
-    assert client.expect_error(6000).message == "Too many unread count targets (max 1000)"
+    assert client.expect_error(ErrorCode.INVALID_INPUT).message == "Too many unread count targets (max 1000)"
     started = time.monotonic()
     client.send(m.GetUnreadCounts(since_timestamp=0, targets=[m.UnreadTarget(channel_id=general)] * 65535))
-    client.expect_error(6000, timeout=10)
+    client.expect_error(ErrorCode.INVALID_INPUT, timeout=10)
     pinger.send(m.Ping(timestamp=8))
     assert pinger.expect(m.Pong).client_timestamp == 8
     print(f"\n1000 targets: max PING {max(rtts) * 1000:.1f} ms over {len(rtts)} PINGs; "

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from superchat.protocol import compress_payload, encode_frame, encode_message, encode_payload
+from superchat.protocol import ErrorCode, compress_payload, encode_frame, encode_message, encode_payload
 from superchat.protocol import messages as m
 from tests.client import Client, ConnectionClosed
 
@@ -22,7 +22,7 @@ def still_serving(client: Client) -> None:
 def test_unknown_unimplemented_and_server_types_get_1001(connect, code):
     client = connect("probe")
     client.send_frame(code, b"\x00\x01\x02")
-    client.expect_error(1001)
+    client.expect_error(ErrorCode.UNSUPPORTED)
     still_serving(client)
 
 
@@ -31,13 +31,13 @@ def test_truncated_and_garbage_payloads_get_1000(connect):
     general = client.channel_id("general")
     whole = encode_payload(m.PostMessage(channel_id=general, content="complete"))
     client.send_frame(m.PostMessage.TYPE, whole[:-3])
-    client.expect_error(1000)
+    client.expect_error(ErrorCode.INVALID_FORMAT)
     client.send_frame(m.SetNickname.TYPE, b"\x00")
-    client.expect_error(1000)
+    client.expect_error(ErrorCode.INVALID_FORMAT)
     client.send_frame(m.ListMessages.TYPE, b"\xff" * 5)
-    client.expect_error(1000)
+    client.expect_error(ErrorCode.INVALID_FORMAT)
     client.send_frame(m.Ping.TYPE, b"")
-    client.expect_error(1000)
+    client.expect_error(ErrorCode.INVALID_FORMAT)
     # Trailing bytes after a complete payload are ignored, as the reference server does.
     client.send_frame(m.Ping.TYPE, encode_payload(m.Ping(timestamp=5)) + b"junk")
     assert client.expect(m.Pong).client_timestamp == 5
@@ -49,10 +49,10 @@ def test_invalid_utf8_gets_1000(connect):
     general = client.channel_id("general")
     bad = b"\x00\x04ab\xff\xfe"
     client.send_frame(m.SetNickname.TYPE, bad)
-    client.expect_error(1000)
+    client.expect_error(ErrorCode.INVALID_FORMAT)
     payload = struct.pack(">QBB", general, 0, 0) + bad
     client.send_frame(m.PostMessage.TYPE, payload)
-    client.expect_error(1000)
+    client.expect_error(ErrorCode.INVALID_FORMAT)
     client.send(m.ListMessages(channel_id=general, limit=10))
     assert client.expect(m.MessageList).messages == []
 
@@ -62,9 +62,9 @@ def test_nickname_rules(start_server):
     with Client(server.port) as client:
         client.handshake()
         client.send(m.SetNickname(nickname="ab"))
-        client.expect_error(1000)
+        client.expect_error(ErrorCode.INVALID_FORMAT)
         client.send(m.SetNickname(nickname="abcdefghi"))  # over the configured 8
-        client.expect_error(1000)
+        client.expect_error(ErrorCode.INVALID_FORMAT)
         client.send(m.SetNickname(nickname="bad name"))
         reply = client.expect(m.NicknameResponse)
         assert not reply.success and "alphanumeric" in reply.message
@@ -82,7 +82,7 @@ def test_oversized_and_undersized_frames_close_the_connection_after_an_error(con
     for header in (struct.pack(">I", 1024 * 1024 + 1), struct.pack(">I", 2) + b"\x01\x10"):
         client = connect()
         client.send_raw(header)
-        client.expect_error(1002)
+        client.expect_error(ErrorCode.INVALID_FRAME)
         client.wait_closed()
     still_serving(bystander)
 
@@ -109,7 +109,7 @@ def test_compressed_frames_are_accepted(connect):
     assert client.expect(m.MessageList).messages[-1].id == message_id
     corrupt = b"\x00\x00\x00\x20" + b"\xff" * 8
     client.send_raw(struct.pack(">IBBB", 3 + len(corrupt), 1, m.Ping.TYPE, 1) + corrupt)
-    client.expect_error(1003)
+    client.expect_error(ErrorCode.COMPRESSION_ERROR)
     still_serving(client)
 
 
@@ -128,7 +128,7 @@ def test_message_rate_limit_is_enforced_per_session(start_server):
         for i in range(3):
             fast.post(chat, f"post {i}")
         fast.send(m.PostMessage(channel_id=chat, content="one too many"))
-        error = fast.expect_error(5001)
+        error = fast.expect_error(ErrorCode.MESSAGE_RATE_LIMITED)
         assert "3 per minute" in error.message
         calm.post(chat, "my own budget")
         fast.send(m.ListMessages(channel_id=chat, limit=10))
@@ -146,7 +146,7 @@ def test_joins_leaves_and_nickname_changes_are_rate_limited_per_session(connect)
     assert hopper.expect(m.LeaveResponse).success
     for change in (m.JoinChannel(channel_id=channels[1]), m.LeaveChannel(channel_id=0), m.SetNickname(nickname="hop2")):
         hopper.send(change)
-        assert "max 30 per 10 seconds" in hopper.expect_error(5000).message
+        assert "max 30 per 10 seconds" in hopper.expect_error(ErrorCode.RATE_LIMITED).message
     calm.send(m.JoinChannel(channel_id=channels[0]))
     assert calm.expect(m.JoinResponse).success
     still_serving(hopper)
@@ -159,7 +159,7 @@ def test_connections_per_address_are_capped(start_server):
     second.handshake("second")
     third = Client(server.port)
     third.expect(m.ServerConfig)
-    third.expect_error(5003)
+    third.expect_error(ErrorCode.TOO_MANY_CONNECTIONS)
     third.wait_closed()
     still_serving(first)
     first.close()

@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from superchat.protocol import ErrorCode
 from superchat.protocol import messages as m
 
 pytestmark = pytest.mark.timeout(60)
@@ -105,23 +106,23 @@ def test_post_refusals(connect):
     nameless = connect()
     chat = nameless.channel_id("chat")
     nameless.send(m.PostMessage(channel_id=chat, content="hi"))
-    nameless.expect_error(2000)
+    nameless.expect_error(ErrorCode.AUTH_REQUIRED)
 
     client = connect("poster")
     client.send(m.PostMessage(channel_id=chat, content=""))
-    client.expect_error(1000)
+    client.expect_error(ErrorCode.INVALID_FORMAT)
     client.send(m.PostMessage(channel_id=chat, content="x" * 4097))
-    client.expect_error(6001)
+    client.expect_error(ErrorCode.MESSAGE_TOO_LONG)
     client.send(m.PostMessage(channel_id=987654, content="hello"))
-    client.expect_error(9001)
+    client.expect_error(ErrorCode.DATABASE_ERROR)
     root = client.post(chat, "a chat line")
     client.send(m.PostMessage(channel_id=chat, parent_id=root, content="threaded?"))
-    client.expect_error(6000)
+    client.expect_error(ErrorCode.INVALID_INPUT)
     general = client.channel_id("general")
     client.send(m.PostMessage(channel_id=general, parent_id=424242, content="orphan"))
-    client.expect_error(9001)
+    client.expect_error(ErrorCode.DATABASE_ERROR)
     client.send(m.PostMessage(channel_id=general, subchannel_id=5, content="sub"))
-    client.expect_error(4004)
+    client.expect_error(ErrorCode.SUBCHANNEL_NOT_FOUND)
     # None of the refused posts were stored.
     client.send(m.ListMessages(channel_id=chat, limit=50))
     assert [e.content for e in client.expect(m.MessageList).messages] == ["a chat line"]
@@ -136,7 +137,7 @@ def test_message_length_limit_counts_bytes(start_server):
         chat = client.channel_id("chat")
         client.post(chat, "é" * 5)  # 10 bytes
         client.send(m.PostMessage(channel_id=chat, content="é" * 5 + "x"))
-        client.expect_error(6001)
+        client.expect_error(ErrorCode.MESSAGE_TOO_LONG)
 
 
 def test_root_posts_reach_channel_subscribers_only(connect):
@@ -231,11 +232,11 @@ def test_delete_rules_and_broadcast(connect):
     keep = author.post(general, "keeper")
 
     nameless.send(m.DeleteMessage(message_id=root))
-    nameless.expect_error(6004)
+    nameless.expect_error(ErrorCode.NICKNAME_REQUIRED)
     other.send(m.DeleteMessage(message_id=root))
-    other.expect_error(3000)
+    other.expect_error(ErrorCode.PERMISSION_DENIED)
     other.send(m.DeleteMessage(message_id=999999))
-    other.expect_error(9001)
+    other.expect_error(ErrorCode.DATABASE_ERROR)
 
     author.send(m.DeleteMessage(message_id=root))
     deleted = author.expect(m.MessageDeleted)
@@ -245,7 +246,7 @@ def test_delete_rules_and_broadcast(connect):
     other.assert_silent()
 
     author.send(m.DeleteMessage(message_id=root))
-    author.expect_error(9001)
+    author.expect_error(ErrorCode.DATABASE_ERROR)
     author.send(m.ListMessages(channel_id=general, limit=50))
     assert [e.id for e in author.expect(m.MessageList).messages] == [keep]
 
@@ -267,7 +268,7 @@ def test_editing_requires_a_registered_session(connect):
     general = client.channel_id("general")
     message_id = client.post(general, "original")
     client.send(m.EditMessage(message_id=message_id, new_content="changed"))
-    client.expect_error(2000)
+    client.expect_error(ErrorCode.AUTH_REQUIRED)
 
 
 def test_subscription_refusals_and_limits(start_server):
@@ -277,24 +278,24 @@ def test_subscription_refusals_and_limits(start_server):
     with Client(server.port) as client:
         client.handshake("limited")
         client.send(m.SubscribeThread(thread_id=31337))
-        client.expect_error(4003)
+        client.expect_error(ErrorCode.THREAD_NOT_FOUND)
         client.send(m.SubscribeChannel(channel_id=31337))
-        client.expect_error(4001)
+        client.expect_error(ErrorCode.CHANNEL_NOT_FOUND)
         general = client.channel_id("general")
         client.send(m.SubscribeChannel(channel_id=general, subchannel_id=1))
-        client.expect_error(4004)
+        client.expect_error(ErrorCode.SUBCHANNEL_NOT_FOUND)
 
         threads = [client.post(general, f"t{i}") for i in range(3)]
         client.subscribe_thread(threads[0])
         client.subscribe_thread(threads[1])
         client.subscribe_thread(threads[1])  # again: not counted twice
         client.send(m.SubscribeThread(thread_id=threads[2]))
-        client.expect_error(5004)
+        client.expect_error(ErrorCode.THREAD_SUBSCRIPTION_LIMIT)
 
         client.subscribe_channel(client.channel_id("tech"))
         client.subscribe_channel(client.channel_id("random"))
         client.send(m.SubscribeChannel(channel_id=client.channel_id("feedback")))
-        client.expect_error(5005)
+        client.expect_error(ErrorCode.CHANNEL_SUBSCRIPTION_LIMIT)
         client.send(m.UnsubscribeChannel(channel_id=client.channel_id("tech")))
         client.expect(m.SubscribeOk)
         client.subscribe_channel(client.channel_id("feedback"))

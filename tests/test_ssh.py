@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from superchat.protocol import ErrorCode
 from superchat.protocol import messages as m
 from tests.client import Client, ConnectionClosed
 from tests.server_process import ServerProcess, free_port
@@ -276,7 +277,7 @@ def test_a_banned_address_is_refused_before_any_account_is_made(ssh_server, keys
     client, stream = ssh_client(server, "newcomer", make_key(keys), keys / "known_hosts")
     try:
         assert isinstance(client.recv(), m.ServerConfig)
-        assert client.expect(m.Error).error_code == 3000
+        assert client.expect(m.Error).error_code == ErrorCode.PERMISSION_DENIED
     finally:
         stream.close()
     admin.send(m.ListUsers(limit=100, include_offline=True))

@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from superchat.protocol import ErrorCode
 from superchat.protocol import messages as m
 from tests.client import Client
 from tests.tools import require
@@ -77,13 +78,13 @@ def test_key_management_needs_an_account(connect, keys):
     for request in (m.AddSSHKey(public_key=keys["ed25519"].line, label="x"), m.ListSSHKeys(),
                     m.UpdateSSHKeyLabel(key_id=1, new_label="y"), m.DeleteSSHKey(key_id=1)):
         client.send(request)
-        client.expect_error(2000)
+        client.expect_error(ErrorCode.AUTH_REQUIRED)
     # After LOGOUT the session is anonymous again.
     client.register("keyowner", pw("k"))
     assert add(client, keys["ed25519"].line).success
     client.send(m.Logout())
     client.send(m.ListSSHKeys())
-    client.expect_error(2000)
+    client.expect_error(ErrorCode.AUTH_REQUIRED)
 
 
 def test_invalid_keys_are_refused(connect, keys):

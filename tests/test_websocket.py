@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from wsproto.events import CloseConnection, Message
 
-from superchat.protocol import FrameDecoder, encode_message
+from superchat.protocol import ErrorCode, FrameDecoder, encode_message
 from superchat.protocol import messages as m
 from tests.client import Client, ConnectionClosed
 from tests.server_process import free_port
@@ -109,7 +109,7 @@ def test_websocket_pings_do_not_keep_an_unfinished_frame_waiting(web_server):
 
     threading.Thread(target=keep_pinging, daemon=True).start()
     try:
-        assert "not complete" in client.expect_error(1002, timeout=10).message
+        assert "not complete" in client.expect_error(ErrorCode.INVALID_FRAME, timeout=10).message
         client.wait_closed(5)
     finally:
         done.set()
@@ -148,7 +148,7 @@ def test_connection_cap_and_address_bans_hold_for_websocket(web_server):
     first, _ = web_client(server, "first")
     refused = Client(0, sock=WebSocketStream(server.http_port))
     assert isinstance(refused.recv(), m.ServerConfig)
-    assert refused.expect(m.Error).error_code == 5003
+    assert refused.expect(m.Error).error_code == ErrorCode.TOO_MANY_CONNECTIONS
     first.send(m.Ping(timestamp=1))
     assert first.expect(m.Pong).client_timestamp == 1
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import lz4.block
 
+from .errors import ErrorCode
+
 PROTOCOL_VERSION = 1
 MAX_FRAME_LENGTH = 1024 * 1024  # a length field of exactly 1 MiB is still accepted
 FLAG_COMPRESSED = 0x01
@@ -42,20 +44,20 @@ class Frame:
     def unwrapped_payload(self) -> bytes:
         """The payload with LZ4 compression removed (``[uncompressed size u32][LZ4 block]``)."""
         if self.flags & FLAG_ENCRYPTED:
-            raise PayloadError(1004, "Encrypted payloads are not supported")
+            raise PayloadError(ErrorCode.ENCRYPTION_ERROR, "Encrypted payloads are not supported")
         if not self.flags & FLAG_COMPRESSED:
             return self.payload
         if len(self.payload) < 4:
-            raise PayloadError(1003, "Compressed payload is missing its size")
+            raise PayloadError(ErrorCode.COMPRESSION_ERROR, "Compressed payload is missing its size")
         size = int.from_bytes(self.payload[:4], "big")
         if size > MAX_FRAME_LENGTH:
-            raise PayloadError(1003, "Compressed payload expands beyond the frame limit")
+            raise PayloadError(ErrorCode.COMPRESSION_ERROR, "Compressed payload expands beyond the frame limit")
         try:
             data = lz4.block.decompress(self.payload[4:], uncompressed_size=size)
         except lz4.block.LZ4BlockError as exc:
-            raise PayloadError(1003, "Invalid LZ4 payload") from exc
+            raise PayloadError(ErrorCode.COMPRESSION_ERROR, "Invalid LZ4 payload") from exc
         if len(data) != size:
-            raise PayloadError(1003, "LZ4 payload size does not match its header")
+            raise PayloadError(ErrorCode.COMPRESSION_ERROR, "LZ4 payload size does not match its header")
         return data
 
 

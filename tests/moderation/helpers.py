@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from superchat.protocol import ErrorCode
 from superchat.protocol import messages as m
 from tests.client import UNSOLICITED, Client, ConnectionClosed
 
@@ -22,12 +23,6 @@ PASSWORD = "p" * 44  # any 40-50 byte string stands for the client's password ha
 
 
 DENIED = "Permission denied: admin access required"
-
-
-PERMISSION_DENIED = 3000
-
-
-DATABASE_ERROR = 9001
 
 
 ADMIN_SETTINGS = {"server": {"admin_users": [ADMIN]}}
@@ -78,7 +73,7 @@ def closes_quietly(client: Client, timeout: float = 3.0) -> None:
 
 def assert_expelled(client: Client, *words: str) -> m.Error:
     """ERROR 3000 naming ``words``, then DISCONNECT with the same reason, then the connection closes at once."""
-    error = client.expect_error(PERMISSION_DENIED)
+    error = client.expect_error(ErrorCode.PERMISSION_DENIED)
     for word in words:
         assert word in error.message, error
     bye = client.expect(m.Disconnect)
@@ -92,7 +87,7 @@ def assert_refused_at_connect(server, *words: str, source: str | None = None, ho
     with Client(server.port, host=host, source=source) as client:
         assert isinstance(client.recv(), m.ServerConfig)
         error = client.recv()
-        assert isinstance(error, m.Error) and error.error_code == PERMISSION_DENIED, error
+        assert isinstance(error, m.Error) and error.error_code == ErrorCode.PERMISSION_DENIED, error
         for word in words:
             assert word in error.message, error
         with pytest.raises(ConnectionClosed):

@@ -6,12 +6,12 @@ import time
 
 import pytest
 
+from superchat.protocol import ErrorCode
 from superchat.protocol import messages as m
 from tests.client import UNSOLICITED, Client
 
 from .helpers import (
     ADMIN_SETTINGS,
-    DATABASE_ERROR,
     PASSWORD,
     assert_expelled,
     channel_names,
@@ -141,8 +141,8 @@ def test_delete_channel(start_server, open_client, tmp_path):
     for client in (admin, subscriber, member, follower, nobody):
         ping(client)
         assert "tech" not in channel_names(client)
-    assert try_post(member, tech, "into the void").error_code == DATABASE_ERROR
-    assert try_post(member, tech, "reply into the void", parent_id=thread).error_code == DATABASE_ERROR
+    assert try_post(member, tech, "into the void").error_code == ErrorCode.DATABASE_ERROR
+    assert try_post(member, tech, "reply into the void", parent_id=thread).error_code == ErrorCode.DATABASE_ERROR
     assert list_roots(member, tech) == []
     assert list_roots(member, tech, parent_id=thread) == []
     member.send(m.JoinChannel(channel_id=tech))
@@ -150,7 +150,7 @@ def test_delete_channel(start_server, open_client, tmp_path):
     member.send(m.LeaveChannel(channel_id=tech))
     assert member.expect(m.LeaveResponse).success is False  # the membership went with the channel
     subscriber.send(m.SubscribeChannel(channel_id=tech))
-    subscriber.expect_error(4001)
+    subscriber.expect_error(ErrorCode.CHANNEL_NOT_FOUND)
 
     # The survivors keep working, and their subscriptions to the deleted channel no longer count.
     posted = member.post(general, "general still works")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from superchat.protocol import ErrorCode
 from superchat.protocol import messages as m
 from tests.client import Client
 
@@ -11,7 +12,6 @@ from .helpers import (
     ADMIN,
     DENIED,
     PASSWORD,
-    PERMISSION_DENIED,
     assert_accepted,
     channel_names,
     ping,
@@ -38,7 +38,7 @@ def _denied_everything(client: Client, target_id: int, channel_id: int) -> None:
         assert answer.success is False, (request, answer)
         assert answer.message == DENIED, (request, answer)
     client.send(m.ListBans(include_expired=True))
-    assert client.expect_error(PERMISSION_DENIED).message == DENIED
+    assert client.expect_error(ErrorCode.PERMISSION_DENIED).message == DENIED
     ping(client)  # still connected
 
 

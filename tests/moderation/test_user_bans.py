@@ -6,13 +6,13 @@ import time
 
 import pytest
 
+from superchat.protocol import ErrorCode
 from superchat.protocol import messages as m
 from tests.client import Client
 
 from .helpers import (
     ADMIN,
     PASSWORD,
-    PERMISSION_DENIED,
     assert_expelled,
     ban_ip,
     ban_user,
@@ -67,7 +67,7 @@ def test_banned_nickname_cannot_post_even_anonymously(srv, open_client):
     drifter = open_client(srv, "drifter", source="127.0.0.2")
     general = drifter.channel_id("general")
     drifter.send(m.PostMessage(channel_id=general, content="hello"))
-    error = drifter.expect_error(PERMISSION_DENIED)
+    error = drifter.expect_error(ErrorCode.PERMISSION_DENIED)
     assert "banned" in error.message and "ban evasion" in error.message
     assert list_roots(admin, general) == []
     ping(drifter)
@@ -113,7 +113,7 @@ def test_expired_nickname_ban_no_longer_blocks_posting(srv, open_client):
     assert ban_user(admin, nickname="drifter", reason="short", shadowban=False, duration_seconds=1).success
     drifter = open_client(srv, "drifter", source="127.0.0.2")
     general = drifter.channel_id("general")
-    assert try_post(drifter, general, "too early").error_code == PERMISSION_DENIED
+    assert try_post(drifter, general, "too early").error_code == ErrorCode.PERMISSION_DENIED
     time.sleep(1.5)
     drifter.post(general, "now it works")
 
