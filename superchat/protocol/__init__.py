@@ -13,7 +13,7 @@ from .frame import (
     compress_payload,
     encode_frame,
 )
-from .messages import decode_payload, encode_payload, type_name
+from .registry import decode_payload, encode_payload, type_name
 
 
 def encode_message(msg) -> bytes:
