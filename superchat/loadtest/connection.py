@@ -15,6 +15,7 @@ import time
 from collections import Counter, deque
 
 import gevent
+import gevent.socket
 from gevent.event import AsyncResult
 
 from ..protocol import FrameDecoder, FrameError, PayloadError, decode_payload, encode_message, messages, type_name
@@ -88,7 +89,7 @@ class Connection:
     frame that answers no request is counted in ``SKIPPED`` and dropped.
     """
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: gevent.socket.socket):
         self.sock = sock
         self.on_new_message = None
         self.on_pong = None
