@@ -121,7 +121,7 @@ class Connection:
 
     # -- sending --
 
-    def send(self, msg, expect: tuple[int, ...] = (), on_reply=None) -> None:
+    def send(self, msg: messages.Message, expect: tuple[int, ...] = (), on_reply=None) -> None:
         """Send ``msg``; if ``expect`` names reply types, ``on_reply(reply_or_LoadError, arrived_ns)`` follows."""
         if self.closed:
             raise Closed(self._last_error)
@@ -134,7 +134,7 @@ class Connection:
             self.close()
             raise Closed(self._last_error) from None
 
-    def request(self, msg, *reply_types: int, timeout: float):
+    def request(self, msg: messages.Message, *reply_types: int, timeout: float):
         """Send and wait for the answer; returns ``(reply, round_trip_ns)`` or raises a LoadError."""
         result = AsyncResult()
         sent = time.perf_counter_ns()

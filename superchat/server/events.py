@@ -57,7 +57,7 @@ def deliver(
     ctx: ServerContext,
     route: Route,
     key: int | None,
-    msg,
+    msg: messages.Message,
     *,
     private_to: tuple[int | None, str] | None = None,
     exclude: Session | None = None,
