@@ -15,6 +15,7 @@ import time
 from collections import Counter, deque
 
 import gevent
+import gevent.socket
 from gevent.event import AsyncResult
 
 from ..protocol import FrameDecoder, FrameError, PayloadError, decode_payload, encode_message, messages, type_name
@@ -88,7 +89,7 @@ class Connection:
     frame that answers no request is counted in ``SKIPPED`` and dropped.
     """
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: gevent.socket.socket):
         self.sock = sock
         self.on_new_message = None
         self.on_pong = None
@@ -120,7 +121,7 @@ class Connection:
 
     # -- sending --
 
-    def send(self, msg, expect: tuple[int, ...] = (), on_reply=None) -> None:
+    def send(self, msg: messages.Message, expect: tuple[int, ...] = (), on_reply=None) -> None:
         """Send ``msg``; if ``expect`` names reply types, ``on_reply(reply_or_LoadError, arrived_ns)`` follows."""
         if self.closed:
             raise Closed(self._last_error)
@@ -133,7 +134,7 @@ class Connection:
             self.close()
             raise Closed(self._last_error) from None
 
-    def request(self, msg, *reply_types: int, timeout: float):
+    def request(self, msg: messages.Message, *reply_types: int, timeout: float):
         """Send and wait for the answer; returns ``(reply, round_trip_ns)`` or raises a LoadError."""
         result = AsyncResult()
         sent = time.perf_counter_ns()

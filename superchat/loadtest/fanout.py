@@ -20,9 +20,9 @@ import gevent
 from gevent import monkey
 from gevent.socket import wait_read
 
-from ..protocol import FrameError, PayloadError, decode_payload, messages, type_name
+from ..protocol import FrameError, PayloadError, messages, type_name
 from ..protocol.frame import MAX_FRAME_LENGTH, Frame
-from .connection import SKIPPED, LoadError, ServerError, SetupFailed, find_channel
+from .connection import SKIPPED, Connection, LoadError, ServerError, SetupFailed, find_channel
 from .plan import Plan, close_all, stop
 from .stats import Histogram, describe
 
@@ -255,7 +255,7 @@ class Receiver:
     def _decode(self, sub: _Subscriber, frame: Frame, arrived: int) -> None:
         """A compressed (or otherwise wrapped) NEW_MESSAGE: the full decoder, rare enough not to matter."""
         try:
-            msg = decode_payload(frame.type, frame.unwrapped_payload())
+            msg, _ = messages.NewMessage.take(frame.unwrapped_payload(), 0)
         except (PayloadError, FrameError, ValueError):
             self.deliveries.foreign += 1
             return
@@ -279,7 +279,7 @@ def run(plan: Plan) -> dict:
         poster.close()
         return {"error": f"no channel named {opts.channel!r}"}
 
-    def establish(index: int, source: str | None):
+    def establish(index: int, source: str | None) -> Connection:
         conn = plan.open_session(source, f"fan{index}", index)
         try:
             reply, _ = conn.request(messages.SubscribeChannel(channel_id=channel.id), messages.SubscribeOk.TYPE,

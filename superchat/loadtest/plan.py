@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import gevent
 
 from . import connection
 from .ramp import Launch
 from .stats import ClientUsage
+
+T = TypeVar("T")
 
 PROGRESS_SECONDS = 5.0
 
@@ -52,7 +56,8 @@ class Plan:
         target = self.targets[index % len(self.targets)]
         return connection.open_session(target, source, nickname, self.setup_deadline, self.opts.timeout)
 
-    def launch(self, count: int, establish, after=None, first_source: int = 0) -> Launch:
+    def launch(self, count: int, establish: Callable[[int, str | None], T],
+               after: Callable[[int, T], None] | None = None, first_source: int = 0) -> Launch[T]:
         sources = self.sources[first_source:] + self.sources[:first_source] if self.sources else None
         return Launch(count, self.opts.ramp, self.opts.max_inflight, self.setup_deadline, establish,
                       sources=sources, after=after)

@@ -6,6 +6,8 @@ import ipaddress
 import itertools
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
 
 import gevent
 from gevent.event import Event
@@ -17,6 +19,8 @@ from .connection import SetupFailed
 # A range like 127.0.0.1-127.0.0.50 may not expand to more addresses than this.
 MAX_SOURCE_ADDRESSES = 65536
 SETTLE_GRACE_SECONDS = 1.0
+
+T = TypeVar("T")
 
 
 def parse_source_addresses(text: str) -> list[str]:
@@ -34,7 +38,7 @@ def parse_source_addresses(text: str) -> list[str]:
     return addresses
 
 
-class Launch:
+class Launch(Generic[T]):
     """Runs ``establish(index, source)`` for ``count`` sessions: at most ``rate`` starts per
     second and ``inflight`` unfinished at once, none started after ``deadline``.
 
@@ -43,10 +47,11 @@ class Launch:
     greenlet, outside the in-flight limit: the bots scenario runs its bot there.
     """
 
-    def __init__(self, count: int, rate: float, inflight: int, deadline: float, establish, *,
-                 sources: list[str] | None = None, after=None):
+    def __init__(self, count: int, rate: float, inflight: int, deadline: float,
+                 establish: Callable[[int, str | None], T], *, sources: list[str] | None = None,
+                 after: Callable[[int, T], None] | None = None):
         self.count = count
-        self.results: dict[int, object] = {}
+        self.results: dict[int, T] = {}
         self.failures: Counter[str] = Counter()
         self.failed_stages: Counter[str] = Counter()
         self.started_at = time.monotonic()
@@ -56,7 +61,7 @@ class Launch:
         self._deadline = deadline
         self._establish = establish
         self._after = after
-        self._sources = itertools.cycle(sources) if sources else itertools.repeat(None)
+        self._sources: Iterator[str | None] = itertools.cycle(sources) if sources else itertools.repeat(None)
         self._group = Group()
         self._settled = 0
         self._all_settled = Event()

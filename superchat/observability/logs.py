@@ -29,7 +29,7 @@ import gevent
 import structlog
 from gevent import monkey
 from structlog.stdlib import ProcessorFormatter
-from structlog.typing import EventDict
+from structlog.typing import EventDict, Processor
 
 from .. import __version__
 from . import trace
@@ -149,7 +149,7 @@ class _RenderOnce(ProcessorFormatter):
     """
 
     log_format = "text"
-    plain_chain: tuple = ()
+    plain_chain: tuple[Processor, ...] = ()
 
     def format(self, record: logging.LogRecord) -> str:
         rendered = record.__dict__.get("_superchat_rendered")
@@ -168,22 +168,22 @@ class _RenderOnce(ProcessorFormatter):
 
 
 def _formatter(log_format: str, cls: type[_RenderOnce] = _RenderOnce) -> _RenderOnce:
+    renderer: list[Processor]
     if log_format == "json":
         renderer = [_json_fields, structlog.processors.JSONRenderer(ensure_ascii=False)]
     else:
         renderer = [_render_text]
-    formatter = cls(
-        # Records from logging.getLogger() call sites: context comes in through ``extra=``.
-        foreign_pre_chain=[structlog.stdlib.ExtraAdder()],
-        processors=[
-            _from_record,
-            ProcessorFormatter.remove_processors_meta,
-            structlog.processors.format_exc_info,
-            *renderer,
-        ],
-    )
+    # Records from logging.getLogger() call sites: context comes in through ``extra=``.
+    pre_chain: list[Processor] = [structlog.stdlib.ExtraAdder()]
+    processors: list[Processor] = [
+        _from_record,
+        ProcessorFormatter.remove_processors_meta,
+        structlog.processors.format_exc_info,
+        *renderer,
+    ]
+    formatter = cls(foreign_pre_chain=pre_chain, processors=processors)
     formatter.log_format = log_format
-    formatter.plain_chain = (*formatter.foreign_pre_chain, *formatter.processors)
+    formatter.plain_chain = (*pre_chain, *processors)
     return formatter
 
 

@@ -13,10 +13,10 @@ from .frame import (
     compress_payload,
     encode_frame,
 )
-from .messages import decode_payload, encode_payload, type_name
+from .registry import Message, decode_payload, encode_payload, type_name
 
 
-def encode_message(msg) -> bytes:
+def encode_message(msg: Message) -> bytes:
     """A whole frame for one message object."""
     return encode_frame(msg.TYPE, encode_payload(msg))
 

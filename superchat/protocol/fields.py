@@ -1,18 +1,35 @@
-"""Wire encodings of the protocol's field types.
+"""Wire encodings of the protocol's field types, and the class decorator that declares records.
 
 Every integer is big-endian; strings are a u16 byte length followed by UTF-8;
 an optional value is a presence byte (0 or 1) followed by the value when present;
 timestamps are signed milliseconds since the Unix epoch.
 
-A record declared with ``record()`` gets ``put(out)`` appending its bytes to a
-bytearray and ``take(buf, pos) -> (record, pos)`` reading it from a bytes-like object.
+A record is a class whose annotated fields, in wire order, each take a codec as default::
+
+    @record
+    class UnreadTarget(Record):
+        channel_id: int = U64
+        thread_id: int | None = optional(U64)
+
+``record`` makes it a frozen dataclass with slots whose fields default to the codec's empty
+value, and compiles from the same declaration ``put(out)``, appending its bytes to a bytearray,
+and ``take(buf, pos) -> (record, pos)``, reading it from bytes.
+
+The annotation is the value the field holds. As ``dataclasses.field()`` is typed as the default
+it stands for, the codec constants (``U64``, ``STRING``...) and factories (``optional``, ``when``,
+``trailing``, ``array``) are typed as the value they declare, so that a type checker holds each
+annotation to its codec (``name: str = U64`` is an error); at run time they are the codec objects
+the layout reads, instances of the classes below (``Optional``, ``When``, ``Trailing``, ``Array``),
+which is what code inspecting a layout tests with ``isinstance``.
 """
 
 from __future__ import annotations
 
+import inspect
 import struct
-from dataclasses import field, make_dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self, TypeVar, dataclass_transform
 
 
 class DecodeError(ValueError):
@@ -23,7 +40,13 @@ class InvalidUTF8(DecodeError):
     """A string field holds bytes that are not UTF-8."""
 
 
-class _Scalar:
+class Codec:
+    """How one field is written and read; ``Layout`` knows every kind below."""
+
+    name: str
+
+
+class _Scalar(Codec):
     """A fixed-size value, as one ``struct`` format character (big-endian)."""
 
     def __init__(self, fmt: str, name: str):
@@ -31,64 +54,103 @@ class _Scalar:
         self.name = name
 
 
-U8 = _Scalar("B", "u8")
-U16 = _Scalar("H", "u16")
-U32 = _Scalar("I", "u32")
-U64 = _Scalar("Q", "u64")
-I64 = _Scalar("q", "i64")
-# Timestamps are plain i64 milliseconds on the wire; the alias keeps declarations readable.
-TIMESTAMP = I64
-# One byte; any non-zero byte reads as true, as upstream's decoder reads it (struct's "?" does).
-BOOL = _Scalar("?", "bool")
-
-
-class _String:
+class _String(Codec):
     name = "string"
     MAX_BYTES = 0xFFFF
 
 
-STRING = _String()
-
-
-class Optional:
+class Optional(Codec):
     """A presence byte, then the inner value when present (``None`` when absent)."""
 
-    def __init__(self, inner):
+    def __init__(self, inner: Codec):
         self.inner = inner
         self.name = f"optional {inner.name}"
 
 
-class When:
+class When(Codec):
     """A value written only when an earlier boolean field is true (e.g. ids after ``success``).
 
-    Absent values decode to the declared default.
+    Absent values decode to the inner codec's empty value (0, "").
     """
 
-    def __init__(self, flag: str, inner, default: Any = 0):
+    def __init__(self, flag: str, inner: Codec):
         self.flag = flag
         self.inner = inner
-        self.default = default
+        self.default = _default_for(inner)
         self.name = inner.name
 
 
-class Trailing:
+class Trailing(Codec):
     """A final value that older peers omit: written when not ``None``, read when bytes remain."""
 
-    def __init__(self, inner):
+    def __init__(self, inner: Codec):
         self.inner = inner
         self.name = f"trailing {inner.name}"
 
 
-class Array:
+class Array(Codec):
     """A count (u16 or u32) followed by that many records."""
 
-    def __init__(self, count: _Scalar, record: type):
+    def __init__(self, count: _Scalar, record: type[Record]):
         self.count = count
         self.record = record
         self.name = f"array of {record.__name__}"
 
 
-def _default_for(codec) -> Any:
+# ---- what declarations write: the codecs, typed as the values they declare ----
+
+V = TypeVar("V")
+R = TypeVar("R", bound="Record")
+
+
+def _declared(codec: Codec) -> Any:
+    """``codec`` as a declaration's type checker sees it: the value of its field (see above)."""
+    return codec
+
+
+def _codec(value: object) -> Codec:
+    """The codec behind a declared value, or TypeError for anything that is not one."""
+    if not isinstance(value, Codec):
+        raise TypeError(f"{value!r} is not a field codec")
+    return value
+
+
+U8: int = _declared(_Scalar("B", "u8"))
+U16: int = _declared(_Scalar("H", "u16"))
+U32: int = _declared(_Scalar("I", "u32"))
+U64: int = _declared(_Scalar("Q", "u64"))
+I64: int = _declared(_Scalar("q", "i64"))
+# Timestamps are plain i64 milliseconds on the wire; the alias keeps declarations readable.
+TIMESTAMP = I64
+# One byte; any non-zero byte reads as true, as upstream's decoder reads it (struct's "?" does).
+BOOL: bool = _declared(_Scalar("?", "bool"))
+STRING: str = _declared(_String())
+
+
+def optional(inner: V) -> V | None:
+    """A presence byte, then ``inner`` when present; ``None`` when absent."""
+    return _declared(Optional(_codec(inner)))
+
+
+def when(flag: str, inner: V) -> V:
+    """``inner`` only when the earlier boolean field ``flag`` is true; else its empty value."""
+    return _declared(When(flag, _codec(inner)))
+
+
+def trailing(inner: V) -> V | None:
+    """A final ``inner`` that older peers omit: written when not ``None``, read when bytes remain."""
+    return _declared(Trailing(_codec(inner)))
+
+
+def array(count: int, record: type[R]) -> Sequence[R]:
+    """A ``count`` (``U16`` or ``U32``) followed by that many ``record`` records."""
+    codec = _codec(count)
+    if not isinstance(codec, _Scalar) or codec.fmt not in ("H", "I"):
+        raise TypeError(f"an array's count is U16 or U32, not {codec.name}")
+    return _declared(Array(codec, record))
+
+
+def _default_for(codec: Codec) -> Any:
     if isinstance(codec, (Optional, Trailing)):
         return None
     if isinstance(codec, When):
@@ -102,6 +164,63 @@ def _default_for(codec) -> Any:
     return 0
 
 
+# ---- records ----
+
+
+class Record:
+    """A declared record: ``record`` compiles ``put`` and ``take`` for each subclass."""
+
+    __slots__ = ()
+    LAYOUT: ClassVar[Layout]
+
+    def put(self, out: bytearray) -> None:
+        """Append the record's bytes to ``out``; ValueError for a value its field cannot hold."""
+        raise TypeError(f"{type(self).__name__} is not declared with @record")
+
+    @classmethod
+    def take(cls, buf: bytes, pos: int) -> tuple[Self, int]:
+        """Read one record from ``buf`` at ``pos``: the record and the position after it."""
+        raise TypeError(f"{cls.__name__} is not declared with @record")
+
+
+@dataclass_transform(frozen_default=True)
+def record(cls: type[R]) -> type[R]:
+    """Make ``cls`` a frozen dataclass whose fields and wire layout come from its declaration.
+
+    The fields of a record it derives from come first, as dataclasses orders them.
+    """
+    inherited: Layout | None = getattr(cls, "LAYOUT", None)
+    own = _own_entries(cls)
+    for name, codec in own:
+        setattr(cls, name, _field_default(codec))
+    declared = dataclass(frozen=True, slots=True)(cls)
+    declared.LAYOUT = Layout((inherited.entries if inherited else ()) + own)
+    for name, method in declared.LAYOUT.methods(declared).items():
+        setattr(declared, name, method)
+    return declared
+
+
+def _own_entries(cls: type) -> tuple[tuple[str, Codec], ...]:
+    annotated = inspect.get_annotations(cls)
+    entries = []
+    for name in annotated:
+        codec = cls.__dict__.get(name)
+        if not isinstance(codec, Codec):
+            raise TypeError(f"{cls.__name__}.{name} has no codec")
+        entries.append((name, codec))
+    for name, value in vars(cls).items():
+        if isinstance(value, Codec) and name not in annotated:
+            raise TypeError(f"{cls.__name__}.{name} has a codec but no annotation")
+    return tuple(entries)
+
+
+def _field_default(codec: Codec) -> Any:
+    default = _default_for(codec)
+    if isinstance(default, tuple):
+        return field(default_factory=tuple)
+    return field(default=default)
+
+
 class Layout:
     """The ordered (name, codec) pairs of one record; drives both directions.
 
@@ -111,19 +230,19 @@ class Layout:
     several times faster than walking the declaration for every message.
     """
 
-    def __init__(self, entries: tuple):
+    def __init__(self, entries: tuple[tuple[str, Codec], ...]):
         self.entries = entries
 
-    def compile(self, cls: type) -> None:
-        """Set ``cls.put(self, out)`` and ``cls.take(buf, pos) -> (obj, pos)``."""
+    def methods(self, cls: type[Record]) -> dict[str, Any]:
+        """``put(self, out)`` and ``take(buf, pos) -> (obj, pos)`` of ``cls``, compiled."""
         writer, reader = _Generator(), _Generator()
         writer.put_fields(self.entries)
         reader.take_fields(self.entries)
-        cls.put = writer.function("put", "self, out", "struct.error", "_range_error")
+        put = writer.function("put", "self, out", "struct.error", "_range_error")
         constructor = f"_cls({', '.join(reader.local(name) for name, _ in self.entries)})"
         reader.line(f"return {constructor}, pos")
         reader.names["_cls"] = cls
-        cls.take = staticmethod(reader.function("take", "buf, pos"))
+        return {"put": put, "take": staticmethod(reader.function("take", "buf, pos"))}
 
 
 def _range_error(exc: struct.error) -> ValueError:
@@ -155,7 +274,9 @@ class _Generator:
             self._locals[field_name] = f"v{len(self._locals)}"
         return self._locals[field_name]
 
-    def function(self, name: str, params: str, catch: str | None = None, wrap: str | None = None):
+    def function(
+        self, name: str, params: str, catch: str | None = None, wrap: str | None = None
+    ) -> Callable[..., Any]:
         body = self.lines or ["    pass"]
         if catch:
             body = ["    try:", *("    " + line for line in body), f"    except {catch} as exc:",
@@ -170,7 +291,7 @@ class _Generator:
 
     # -- encoding --------------------------------------------------------------------------
 
-    def put_fields(self, entries: tuple) -> None:
+    def put_fields(self, entries: tuple[tuple[str, Codec], ...]) -> None:
         for name, codec in entries:
             if isinstance(codec, _Scalar):
                 self._run.append((f"self.{name}", codec))
@@ -185,7 +306,7 @@ class _Generator:
             self.line(f"out += {self._struct(fmt)}.pack({', '.join(expr for expr, _ in self._run)})")
             self._run = []
 
-    def put_value(self, codec, expr: str) -> None:
+    def put_value(self, codec: Codec, expr: str) -> None:
         if isinstance(codec, _Scalar):
             self.line(f"out += {self._struct(codec.fmt)}.pack({expr})")
         elif codec is STRING:
@@ -217,7 +338,7 @@ class _Generator:
         else:
             raise TypeError(f"no encoding for {codec!r}")
 
-    def _nested_put(self, codec, expr: str) -> None:
+    def _nested_put(self, codec: Codec, expr: str) -> None:
         self.depth += 1
         self.put_value(codec, expr)
         self.depth -= 1
@@ -228,7 +349,7 @@ class _Generator:
 
     # -- decoding --------------------------------------------------------------------------
 
-    def take_fields(self, entries: tuple) -> None:
+    def take_fields(self, entries: tuple[tuple[str, Codec], ...]) -> None:
         self.line("end_of_data = len(buf)")
         for name, codec in entries:
             if isinstance(codec, _Scalar):
@@ -252,7 +373,7 @@ class _Generator:
         self.line(f"{targets} = {packed}.unpack_from(buf, pos)")
         self.line(f"pos += {packed}.size")
 
-    def take_value(self, codec, var: str) -> None:
+    def take_value(self, codec: Codec, var: str) -> None:
         if isinstance(codec, _Scalar):
             self._take_fixed(var + ",", codec.fmt, codec.name)
         elif codec is STRING:
@@ -289,29 +410,7 @@ class _Generator:
         else:
             raise TypeError(f"no decoding for {codec!r}")
 
-    def _nested_take(self, codec, var: str) -> None:
+    def _nested_take(self, codec: Codec, var: str) -> None:
         self.depth += 1
         self.take_value(codec, var)
         self.depth -= 1
-
-
-def record(class_name: str, *entries, namespace: dict | None = None) -> type:
-    """Build a frozen dataclass whose fields and wire layout come from one declaration."""
-    layout = Layout(tuple(entries))
-    cls = make_dataclass(
-        class_name,
-        [(name, Any, _field_default(codec)) for name, codec in entries],
-        namespace={"LAYOUT": layout, **(namespace or {})},
-        frozen=True,
-        slots=True,
-    )
-    cls.__module__ = "superchat.protocol.messages"
-    layout.compile(cls)
-    return cls
-
-
-def _field_default(codec):
-    default = _default_for(codec)
-    if isinstance(default, tuple):
-        return field(default_factory=tuple)
-    return field(default=default)

@@ -112,12 +112,12 @@ class Server:
         listeners = []
         if config.http_port:
             servers_json = self.directory.servers_json if config.directory_enabled else None
-            handler = PublicHttpHandler(self.runner, servers_json)
-            listeners.append(("WebSocket server", self._client_listener(config.http_port, handler)))
+            http_handler = PublicHttpHandler(self.runner, servers_json)
+            listeners.append(("WebSocket server", self._client_listener(config.http_port, http_handler)))
         if config.ssh_port:
             host_key = load_host_key(Path(config.ssh_host_key))
-            handler = SshHandler(self.ctx, self.runner, host_key)
-            listeners.append(("SSH server", self._client_listener(config.ssh_port, handler)))
+            ssh_handler = SshHandler(self.ctx, self.runner, host_key)
+            listeners.append(("SSH server", self._client_listener(config.ssh_port, ssh_handler)))
         return listeners
 
     @property

@@ -32,6 +32,13 @@ def parse_network(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     return network
 
 
+def ban_network(ban: BanRow) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """The range an IP ban covers."""
+    if ban.ip_cidr is None:
+        raise ValueError(f"IP ban {ban.id} names no address")
+    return parse_network(ban.ip_cidr)
+
+
 def address_in(host: str, network: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
     """Whether a peer's address lies in a network; IPv4-mapped IPv6 peers count as IPv4."""
     try:
@@ -77,7 +84,7 @@ class BanList:
         self._use([*self._users, *(ban for _, ban in self._ip), ban])
 
     def _use(self, bans: list[BanRow]) -> None:
-        self._ip = [(parse_network(ban.ip_cidr), ban) for ban in bans if ban.ban_type == "ip"]
+        self._ip = [(ban_network(ban), ban) for ban in bans if ban.ban_type == "ip"]
         self._users = sorted((ban for ban in bans if ban.ban_type == "user"), key=lambda ban: ban.id)
 
     def ip_ban(self, host: str) -> BanRow | None:

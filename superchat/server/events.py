@@ -58,7 +58,7 @@ def deliver(
     ctx: ServerContext,
     route: Route,
     key: int | None,
-    msg,
+    msg: messages.Message,
     *,
     private_to: tuple[int | None, str] | None = None,
     exclude: Session | None = None,
@@ -89,16 +89,19 @@ def _send_delivery(audience: list[Session], type_name: str, post: tuple[str, int
 def _audience(ctx: ServerContext, route: Route, key: int | None, private_to: tuple[int | None, str] | None,
               exclude: Session | None, also: Session | None) -> list[Session]:
     sessions = ctx.sessions
-    if route is Route.CHANNEL_SUBSCRIBERS:
-        audience: Iterable[Session] = sessions.channel_subscribers(key)
+    audience: Iterable[Session]
+    if route is Route.ROSTER_WATCHERS:
+        audience = sessions.roster_watchers
+    elif route is Route.EVERYONE:
+        audience = sessions.by_id.values()
+    elif key is None:
+        raise ValueError(f"a delivery to the {route} names no channel or thread")
+    elif route is Route.CHANNEL_SUBSCRIBERS:
+        audience = sessions.channel_subscribers(key)
     elif route is Route.THREAD_SUBSCRIBERS:
         audience = sessions.thread_subscribers(key)
-    elif route is Route.CHANNEL_AUDIENCE:
-        audience = sessions.channel_audience(key)
-    elif route is Route.ROSTER_WATCHERS:
-        audience = sessions.roster_watchers
     else:
-        audience = sessions.by_id.values()
+        audience = sessions.channel_audience(key)
     chosen = [s for s in audience if s is not exclude and s is not also]
     if also is not None:
         chosen.append(also)
@@ -167,7 +170,7 @@ def _user_banned(ctx: ServerContext, event: UserBanned, exclude: Session | None,
 def _ip_banned(ctx: ServerContext, event: IpBanned, *_: Session | None) -> int:
     ban = event.ban
     ctx.bans.add(ban)
-    network = banlist.parse_network(ban.ip_cidr)
+    network = banlist.ban_network(ban)
     for session in list(ctx.sessions.by_id.values()):
         if banlist.address_in(session.host, network):
             expel(session, banlist.ip_ban_notice(ban))

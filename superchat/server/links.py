@@ -10,15 +10,18 @@ whose protocol answers on its own (WebSocket pongs) is given the session's queue
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
+
+import gevent.socket
 
 RECV_BYTES = 64 * 1024
 
 
 class TcpLink:
     transport = "tcp"
-    wrap = None
+    wrap: Callable[[bytes], bytes] | None = None
 
-    def __init__(self, sock: socket.socket):
+    def __init__(self, sock: gevent.socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
         # gevent's socket wraps a non-blocking OS socket; writing to that directly never yields.

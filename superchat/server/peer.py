@@ -6,6 +6,7 @@ import secrets
 import socket
 import time
 from collections import deque
+from typing import TypeVar
 
 import gevent
 
@@ -28,6 +29,8 @@ VERIFY_SECONDS = 20.0
 # Writes to a peer that stopped reading give up after this.
 SEND_SECONDS = 10.0
 RECV_BYTES = 64 * 1024
+
+M = TypeVar("M", bound=messages.Message)
 
 
 class PeerError(Exception):
@@ -104,14 +107,14 @@ class PeerConnection:
         """Our address on this connection: how the other server sees us."""
         return self._sock.getsockname()[0]
 
-    def send(self, msg) -> None:
+    def send(self, msg: messages.Message) -> None:
         self._sock.settimeout(SEND_SECONDS)
         try:
             self._sock.sendall(encode_message(msg))
         except OSError as exc:
             raise PeerError(f"sending {msg.NAME} failed: {exc}") from exc
 
-    def expect(self, wanted: type, seconds: float):
+    def expect(self, wanted: type[M], seconds: float) -> M:
         """The next ``wanted`` message within ``seconds``. Anything else the server sends meanwhile
         (presence, new channels) is skipped; an ERROR fails."""
         deadline = time.monotonic() + seconds
@@ -131,7 +134,7 @@ class PeerConnection:
         finally:
             self._sock.close()
 
-    def _next_message(self, deadline: float, wanted: type):
+    def _next_message(self, deadline: float, wanted: type[messages.Message]) -> messages.Message:
         while True:
             while self._frames:
                 frame = self._frames.popleft()
@@ -146,7 +149,7 @@ class PeerConnection:
             except FrameError as exc:
                 raise PeerError(f"invalid frame: {exc}") from exc
 
-    def _receive(self, deadline: float, wanted: type) -> bytes:
+    def _receive(self, deadline: float, wanted: type[messages.Message]) -> bytes:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise PeerError(f"no {wanted.NAME} in time")

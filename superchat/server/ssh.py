@@ -197,17 +197,18 @@ class SshHandler:
         try:
             transport.start_server(server=gate)
             channel = transport.accept(HANDSHAKE_SECONDS)
-            if channel is None or gate.offer is None:
+            offer = gate.offer
+            if channel is None or offer is None:
                 log.info("SSH connection from %s ended before a session opened", host)
                 return
             link = SshLink(channel)
             # A banned address or one over its cap is told so before any account is made for it.
             if not self._runner.admit(link, address):
                 return
-            user = self._account(gate.offer, host)
+            user = self._account(offer, host)
             if user is None:
                 return
-            self._runner.run(link, address, lambda session: self._signed_in(session, user.id, gate.offer))
+            self._runner.run(link, address, lambda session: self._signed_in(session, user.id, offer))
         except (paramiko.SSHException, EOFError, OSError) as exc:
             log.info("SSH connection from %s failed: %s", host, exc or type(exc).__name__)
         except StorageError as exc:

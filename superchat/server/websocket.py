@@ -161,25 +161,14 @@ class PublicHttpHandler:
             if request.method not in (b"GET", b"HEAD"):
                 _respond(sock, http, 405, b"Method not allowed\n", [(b"Allow", b"GET, HEAD")])
             else:
-                self._serve_servers_json(sock, http, head=request.method == b"HEAD")
+                _serve_servers_json(self._servers_json, sock, http, head=request.method == b"HEAD")
         else:
             _respond(sock, http, 404, b"Not found\n")
-
-    def _serve_servers_json(self, sock: socket.socket, http: h11.Connection, head: bool) -> None:
-        try:
-            body = self._servers_json()
-        except StorageError as exc:
-            log.error("/servers.json failed: database error: %s", exc)
-            _respond(sock, http, 500, b"Internal server error\n")
-            return
-        # Any web page may read the list, as the reference server allows.
-        _respond(sock, http, 200, body, [(b"Content-Type", b"application/json"),
-                                         (b"Access-Control-Allow-Origin", b"*")], head=head)
 
     def _websocket(self, sock: socket.socket, address: tuple, http: h11.Connection, request: h11.Request) -> None:
         ws = WSConnection(ConnectionType.SERVER)
         try:
-            ws.initiate_upgrade_connection(request.headers, request.target)
+            ws.initiate_upgrade_connection(list(request.headers), request.target)
             if not any(isinstance(event, Request) for event in ws.events()):
                 raise RemoteProtocolError("no WebSocket upgrade request")
         except RemoteProtocolError:
@@ -196,6 +185,19 @@ class PublicHttpHandler:
         link = WebSocketLink(sock, ws)
         if self._runner.admit(link, address):
             self._runner.run(link, address)
+
+
+def _serve_servers_json(servers_json: Callable[[], bytes], sock: socket.socket, http: h11.Connection,
+                        head: bool) -> None:
+    try:
+        body = servers_json()
+    except StorageError as exc:
+        log.error("/servers.json failed: database error: %s", exc)
+        _respond(sock, http, 500, b"Internal server error\n")
+        return
+    # Any web page may read the list, as the reference server allows.
+    _respond(sock, http, 200, body, [(b"Content-Type", b"application/json"),
+                                     (b"Access-Control-Allow-Origin", b"*")], head=head)
 
 
 def _read_request(sock: socket.socket, http: h11.Connection) -> h11.Request | None:

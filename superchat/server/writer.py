@@ -76,7 +76,7 @@ class Writer:
         if self._pool is None:
             return fn(*args)
         with self._turn:
-            return self._on_thread(fn, *args)
+            return _on_thread(self._pool, fn, *args)
 
     def run_if_space(self, fn: Callable[..., Any], *args: Any) -> None:
         """A write the request does not depend on (when an account or key was last used): left
@@ -131,16 +131,8 @@ class Writer:
         if self._pool is None:
             return self._store.post_messages(posts)
         rows = self._store.insert_posts(posts)
-        self._on_thread(self._store.commit_posts)
+        _on_thread(self._pool, self._store.commit_posts)
         return rows
-
-    def _on_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
-        # The failure comes back as a value and is raised here: gevent prints the traceback of
-        # every exception raised on a pool's thread, which on a full disk is one for every post.
-        value, failure = self._pool.apply(_outcome, (fn, args))
-        if failure is not None:
-            raise failure
-        return value
 
     def close(self) -> None:
         """Wait for queued writes, then stop the thread."""
@@ -149,6 +141,15 @@ class Writer:
             committer.join()
         if self._pool is not None:
             self._pool.kill()
+
+
+def _on_thread(pool: ThreadPool, fn: Callable[..., Any], *args: Any) -> Any:
+    # The failure comes back as a value and is raised here: gevent prints the traceback of
+    # every exception raised on a pool's thread, which on a full disk is one for every post.
+    value, failure = pool.apply(_outcome, (fn, args))
+    if failure is not None:
+        raise failure
+    return value
 
 
 def _outcome(fn: Callable[..., Any], args: tuple) -> tuple[Any, Exception | None]:

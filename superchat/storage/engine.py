@@ -226,7 +226,8 @@ def _looked_up_host(dsn: str) -> dict[str, str]:
         raise psycopg2.OperationalError(
             f'could not translate host name "{host}" to address: {exc.strerror or exc}'
         ) from exc
-    addresses = list(dict.fromkeys(address[4][0] for address in found))
+    # An IPv4 or IPv6 address's first item is the host; only those families have ports.
+    addresses = list(dict.fromkeys(str(address[4][0]) for address in found))
     # The name once per address: libpq tries each in turn, as it would the addresses it found, and
     # still checks the server's certificate against the name and names it in its errors.
     return {"host": ",".join([host] * len(addresses)), "hostaddr": ",".join(addresses)}
@@ -251,8 +252,7 @@ class _SqliteDatabase(peewee.SqliteDatabase):
     def rollback(self) -> None:
         # SQLite has rolled the transaction back itself when its COMMIT failed (a full disk does
         # that): peewee's ROLLBACK would fail then, its error hiding why the commit failed.
-        conn = self._state.conn
-        if conn is not None and conn.in_transaction:
+        if not self.is_closed() and self.connection().in_transaction:
             super().rollback()
 
 

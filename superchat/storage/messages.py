@@ -41,7 +41,7 @@ def _shown_to(viewer: Viewer | None, message: MessageRow) -> bool:
     return message.author_user_id is None and message.author_nickname == viewer.nickname
 
 
-def _select_messages() -> peewee.ModelSelect:
+def _select_messages() -> "peewee.ModelSelect[Message]":
     """Messages of any kind; reply_count is computed for roots only."""
     return Message.select(*MESSAGE_COLUMNS, Case(None, [(Message.parent_id.is_null(), _reply_count())], 0))
 
@@ -99,9 +99,9 @@ class MessageQueries(Connections):
             return []
         # One indexed query fetches the whole thread; the tree walk happens here.
         thread = Message.select(*MESSAGE_COLUMNS).where(Message.thread_root_id == found[0][0])
-        children: dict[int, list[MessageRow]] = {}
+        children: dict[int | None, list[MessageRow]] = {}
         for row in all_rows(thread.order_by(Message.id), self._reader):
-            message = MessageRow(*row, 0)
+            message = MessageRow(*(*row, 0))  # and reply_count 0, as replies always carry
             children.setdefault(message.parent_id, []).append(message)
         result: list[MessageRow] = []
         stack = list(reversed(children.get(parent_id, ())))

@@ -13,6 +13,7 @@ from typing import Any
 
 import redis
 from gevent.lock import Semaphore
+from redis.typing import EncodableT, FieldT
 
 from ...observability import metrics
 from ..event import SessionsGone
@@ -99,7 +100,9 @@ class Roster:
         addresses, self._address_updates = self._address_updates, {}
         own_roster, own_addresses = roster_key(self._node_id), addresses_key(self._node_id)
         gone = [session_id for session_id, entry in roster.items() if entry is None]
-        present = {session_id: json.dumps(entry) for session_id, entry in roster.items() if entry is not None}
+        present: dict[FieldT, EncodableT] = {
+            session_id: json.dumps(entry) for session_id, entry in roster.items() if entry is not None
+        }
         if gone:
             pipe.hdel(own_roster, *gone)
         if present:
@@ -116,7 +119,9 @@ class Roster:
         for session in sessions:
             counts[session.host] = counts.get(session.host, 0) + 1
         if counts:
-            pipe.hset(addresses_key(self._node_id), mapping=counts)
+            # redis-py types a hash's fields as a mapping of its own key types, exactly.
+            fields: dict[FieldT, EncodableT] = {host: count for host, count in counts.items()}
+            pipe.hset(addresses_key(self._node_id), mapping=fields)
         # The snapshot already holds every change made so far.
         self._updates.clear()
         self._address_updates.clear()

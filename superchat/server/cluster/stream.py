@@ -67,7 +67,7 @@ class EventStream:
     def read_from_end(self) -> None:
         """Read only what is written from now on."""
         newest = self._link.redis.xrevrange(STREAM, count=1)
-        self._position = newest[0][0].decode() if newest else "0-0"
+        self._position = _entry_id(newest[0][0]) if newest else "0-0"
 
     def start_over(self) -> None:
         """Redis lost this node's keys: write its roster anew, and find what was missed."""
@@ -151,6 +151,8 @@ class EventStream:
             self._look_for_gap()
         found = self._link.redis.xread({STREAM: self._position}, count=READ_BATCH, block=READ_BLOCK_MS)
         self._link.reachable()
+        if not isinstance(found, list):
+            raise TypeError(f"XREAD replied {type(found).__name__}, not RESP2's list of streams")
         for _, entries in found:
             for entry_id, fields in entries:
                 self._position = entry_id.decode()
@@ -221,6 +223,13 @@ class EventStream:
             self._apply_remote(event)
         except Exception:
             log.exception("Cannot tell this node's sessions that node %s's sessions left", event.node)
+
+
+def _entry_id(entry_id: bytes | str | None) -> str:
+    """An entry's id as the node's client replies it: bytes, as it decodes no replies."""
+    if not isinstance(entry_id, bytes):
+        raise TypeError(f"stream entry id {entry_id!r} is not bytes")
+    return entry_id.decode()
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:
