@@ -179,31 +179,51 @@ class UpstreamSource:
                                       "WHERE ban_type = 'user' AND shadowban != 0")]
 
     def messages(self, channel_ids: set[int], carried: Carried) -> Iterator[dict[str, Any]]:
-        """In id order, which is the order of posting (ids are time-ordered snowflakes), so a parent
-        always comes before its replies."""
+        """Parents before their replies, each written where this server's foreign key wants it: in id
+        order, the order of posting (ids are time-ordered snowflakes), except that a reply whose id
+        is below its parent's (the clock went back between two runs of the upstream server, which
+        starts its snowflakes from the clock) waits for its parent."""
         shadowbans = self._shadowbans()
         left: set[int] = set()
-        for row in self._rows('SELECT * FROM "Message" ORDER BY id'):
-            message_id, parent_id = row["id"], row["parent_id"]
-            if row["channel_id"] not in channel_ids:
-                carried.leave("messages of a channel that no longer exists")
-                left.add(message_id)
+        waiting: dict[int, list[sqlite3.Row]] = {}
+        for row in self._rows('SELECT m.*, p.id IS NOT NULL AS parent_found FROM "Message" m '
+                              'LEFT JOIN "Message" p ON p.id = m.parent_id ORDER BY m.id'):
+            parent_id = row["parent_id"]
+            if parent_id is not None and parent_id > row["id"] and row["parent_found"] and parent_id not in left:
+                waiting.setdefault(parent_id, []).append(row)
                 continue
-            if parent_id is not None and parent_id in left:
-                carried.leave("replies to a message that could not be carried over")
-                left.add(message_id)
-                continue
+            pending = [row]
+            while pending:
+                row = pending.pop()
+                message = self._message(row, channel_ids, left, shadowbans, carried)
+                if message is not None:
+                    yield message
+                # What waited for this message follows it, in id order.
+                pending.extend(reversed(waiting.pop(row["id"], [])))
+
+    def _message(self, row: sqlite3.Row, channel_ids: set[int], left: set[int], shadowbans: list[_Shadowban],
+                 carried: Carried) -> dict[str, Any] | None:
+        """The message as this server stores it, or None (counted in ``carried``) when it cannot go over."""
+        message_id, parent_id = row["id"], row["parent_id"]
+        if row["channel_id"] not in channel_ids:
+            reason = "messages of a channel that no longer exists"
+        elif parent_id is not None and parent_id in left:
+            reason = "replies to a message that could not be carried over"
+        elif parent_id is not None and not row["parent_found"]:
+            reason = "replies whose parent is missing from the upstream database"
+        else:
             root = self._thread_root(message_id, parent_id, row["thread_root_id"])
-            if root is None:
-                carried.leave("replies whose parent is missing from the upstream database")
-                left.add(message_id)
-                continue
-            author_id, nickname, created_at = row["author_user_id"], row["author_nickname"], row["created_at"]
-            yield {"id": message_id, "channel_id": row["channel_id"], "subchannel_id": row["subchannel_id"],
-                   "parent_id": parent_id, "thread_root_id": root, "author_user_id": author_id,
-                   "author_nickname": nickname, "content": row["content"], "created_at": created_at,
-                   "edited_at": row["edited_at"], "deleted_at": row["deleted_at"],
-                   "shadowed": any(ban.covers(author_id, nickname, created_at) for ban in shadowbans)}
+            reason = "replies whose parent is missing from the upstream database" if root is None else ""
+        if reason:
+            carried.leave(reason)
+            left.add(message_id)
+            return None
+        author_id, nickname, created_at = row["author_user_id"], row["author_nickname"], row["created_at"]
+        return {"id": message_id, "channel_id": row["channel_id"], "subchannel_id": row["subchannel_id"],
+                "parent_id": parent_id, "thread_root_id": root, "author_user_id": author_id,
+                "author_nickname": nickname, "content": row["content"], "created_at": created_at,
+                "edited_at": row["edited_at"], "deleted_at": row["deleted_at"],
+                "shadowed": any(ban.covers(author_id, nickname, created_at) for ban in shadowbans)}
 
     def _thread_root(self, message_id: int, parent_id: int | None, stored_root: int | None) -> int | None:
         if parent_id is None:
