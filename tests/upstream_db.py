@@ -315,7 +315,9 @@ def _checks(sql: str) -> list[str]:
 class UpstreamDatabase:
     """An upstream server's database being written; ``close()`` leaves it as a stopped server does."""
 
-    def __init__(self, path: Path | str, created_at: int | None = None, *, seed_channels: bool = True):
+    def __init__(self, path: Path | str, created_at: int | None = None, *, seed_channels: bool = True,
+                 schema_version: int = SCHEMA_VERSION):
+        """``schema_version``: stop after that migration, as an upstream server of that time left it."""
         self.path = Path(path)
         self.clock = now_ms() if created_at is None else created_at
         self.channels: dict[str, int] = {}
@@ -324,7 +326,7 @@ class UpstreamDatabase:
         for pragma in ("journal_mode = WAL", "wal_autocheckpoint = 0", "busy_timeout = 5000",
                        "foreign_keys = ON", "synchronous = NORMAL"):
             self.db.execute(f"PRAGMA {pragma}")
-        self._migrate()
+        self._migrate(schema_version)
         if seed_channels:
             self._seed_default_channels()
 
@@ -350,10 +352,10 @@ class UpstreamDatabase:
         marks = ", ".join("?" * len(values))
         return self.db.execute(f"INSERT INTO {table} ({columns}) VALUES ({marks})", tuple(values.values())).lastrowid
 
-    def _migrate(self) -> None:
+    def _migrate(self, up_to: int) -> None:
         self.db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY,"
                         " name TEXT NOT NULL, applied_at INTEGER NOT NULL)")
-        for version, name, foreign_keys_off, statements in MIGRATIONS:
+        for version, name, foreign_keys_off, statements in MIGRATIONS[:up_to]:
             if foreign_keys_off:
                 self.db.execute("PRAGMA foreign_keys = OFF")
             self.db.execute("BEGIN")
