@@ -106,7 +106,15 @@ class UpstreamSource:
             raise NotUpstream(f"{path} cannot be read as SQLite: {exc}") from None
         if "schema_migrations" not in tables:
             raise NotUpstream(f"{path} is not an upstream SuperChat database (it has no schema_migrations table)")
+        # Other programs keep a schema_migrations table too (Rails: one text column).
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(schema_migrations)")}
+        if not {"version", "name", "applied_at"} <= columns:
+            raise NotUpstream(f"{path} is not an upstream SuperChat database (its schema_migrations table is "
+                              "another program's)")
         (version,) = self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        if version is not None and not isinstance(version, int):
+            raise NotUpstream(f"{path} is not an upstream SuperChat database (schema_migrations holds version "
+                              f"{version!r})")
         if version is None or version < KNOWN_SCHEMA_VERSION:
             raise NotUpstream(f"{path} has upstream schema version {version or 0}; start the upstream server "
                               f"once to bring it to version {KNOWN_SCHEMA_VERSION}, then import")
