@@ -88,10 +88,27 @@ class UpstreamSource:
             if log.is_file():
                 shutil.copyfile(log, copy.with_name(copy.name + "-wal"))
             self._db = sqlite3.connect(copy)
+            self._db.text_factory = self._text
+            self.texts_repaired = 0
             self._check_schema(path)
         except BaseException:
             self.close()
             raise
+
+    def _text(self, data: bytes) -> str:
+        """Upstream stores strings as its clients sent them, bytes that are not UTF-8 and NUL characters
+        included; this server refuses both from its clients, and PostgreSQL can hold neither. Such
+        text goes over with U+FFFD in their place, and is counted."""
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            text = data.decode(errors="replace")
+            self.texts_repaired += 1
+            return text.replace("\x00", "\ufffd")
+        if "\x00" in text:
+            self.texts_repaired += 1
+            return text.replace("\x00", "\ufffd")
+        return text
 
     def close(self) -> None:
         db = getattr(self, "_db", None)
@@ -303,6 +320,9 @@ class UpstreamSource:
         carried.leave("earlier versions of edited messages (scd keeps the current text and the time of the "
                       "last edit)", self.count("MessageVersion"))
         carried.leave("records of the upstream server's connections (Session)", self.count("Session"))
+        if self.texts_repaired:
+            carried.changed.append(f"{self.texts_repaired} texts held bytes that are not UTF-8 or NUL characters, "
+                                   "which scd stores neither of: imported with U+FFFD in their place")
 
 
 def _is_network(text: str) -> bool:
