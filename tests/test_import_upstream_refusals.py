@@ -5,16 +5,22 @@ still go over."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
 from pathlib import Path
 
+import psycopg2
 import pytest
 
 from superchat.storage import Store
 from tests import upstream_db as up
 from tests.client import Client
 from tests.import_run import assert_refused, file_digests, import_upstream, target_state
-from tests.server_process import ServerProcess, shared_postgres
+from tests.server_process import SCD, ServerProcess, shared_postgres
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -116,24 +122,73 @@ def test_a_target_holding_accounts_or_messages_is_refused(tmp_path, target, regi
 # -- all or nothing --
 
 
-def test_a_failure_in_the_middle_leaves_the_target_as_it_was(tmp_path, target):
-    """The upstream server stores strings as its clients send them, invalid UTF-8 included (Go does
-    not check); no database of this server can hold such a message, so the import stops at it,
-    after the accounts, keys and channels went in, and undoes them."""
-    def broken_message(db: up.UpstreamDatabase) -> None:
-        community = up.fill_community(db)
-        message_id = max(community.messages_by_id) + 1
-        db.db.execute("INSERT INTO Message (id, channel_id, author_nickname, content, created_at, thread_root_id)"
-                      " VALUES (?, ?, 'guest', CAST(x'6361666580e9' AS TEXT), ?, ?)",
-                      (message_id, db.channels["general"], up.snowflake_ms(message_id), message_id))
-    path = upstream(tmp_path, broken_message)
-    assert_refused(target, path, "database error, nothing imported")  # a target not there yet stays so
-    used_once_anyway = ServerProcess(tmp_path / "scd")
-    used_once_anyway.start()  # a target scd started on: its seeded channels stay
-    assert used_once_anyway.stop() == 0
-    before = _channels(target)
-    assert_refused(target, path, "database error, nothing imported")
-    assert _channels(target) == before and len(before) == 5
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of 2 MiB (mounting one needs root: skipped otherwise), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip() or mounted.returncode}")
+    yield disk
+    subprocess.run(["umount", "--lazy", str(disk)], check=True)
+
+
+def big_community(db: up.UpstreamDatabase, messages: int, size: int) -> None:
+    """A community, and a channel of ``messages`` posts of ``size`` characters after it."""
+    community = up.fill_community(db)
+    start = max(p.created_at for p in community.messages_by_id.values()) + 1
+    db.db.execute("BEGIN")
+    for n in range(messages):
+        db.add_message("feedback", "guest", f"{n:06} " + "x" * size, at=start + n)
+    db.db.execute("COMMIT")
+
+
+@pytest.mark.skipif(shared_postgres is not None, reason="the disk under an SQLite target fills")
+def test_a_full_disk_in_the_middle_leaves_the_target_as_it_was(tmp_path, small_disk):
+    """No row upstream can hold is refused by this server's schema (see the tests below), so the
+    failure is the disk's: the accounts, keys and channels went in, the messages fill the disk."""
+    target = ServerProcess(tmp_path / "scd", {"server": {"database_path": str(small_disk / "superchat.db")}})
+    target.start()
+    assert target.stop() == 0  # an scd started on it: its seeded channels stay
+    path = upstream(tmp_path, lambda db: big_community(db, 400, 8000))
+    seeded = _channels(target)
+    assert_refused(target, path, "database error, nothing imported", "full")
+    assert _channels(target) == seeded and len(seeded) == 5
+
+
+@pytest.mark.skipif(shared_postgres is None, reason="the connection to a PostgreSQL target is cut")
+def test_a_lost_connection_in_the_middle_leaves_the_target_as_it_was(tmp_path, target):
+    """The PostgreSQL server ends the import's connection while it writes (as at a restart of the
+    database server): nothing of the transaction stays."""
+    target.start()
+    assert target.stop() == 0  # an scd started on it: its seeded channels stay
+    path = upstream(tmp_path, lambda db: big_community(db, 30_000, 20))
+    before = target_state(target)
+    importing = subprocess.Popen([sys.executable, str(SCD), "import-upstream", str(path), "--config",
+                                  str(target.config_path)], env=target.env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+    with closing(psycopg2.connect(target.database)) as db:
+        db.autocommit = True
+        deadline = time.monotonic() + 60
+        while True:  # until the import's transaction has written messages
+            with db.cursor() as cursor:
+                cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> "
+                               "pg_backend_pid() AND xact_start IS NOT NULL AND query LIKE 'INSERT INTO \"Message\"%'")
+                found = cursor.fetchall()
+                if found:
+                    cursor.execute("SELECT pg_terminate_backend(%s)", found[0])
+                    break
+            assert importing.poll() is None and time.monotonic() < deadline, "the import ended first"
+            time.sleep(0.005)
+    out, err = importing.communicate(timeout=60)
+    assert importing.returncode == 1 and out == "", (out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("scd import-upstream: database error, nothing imported"), err
+    assert target_state(target) == before
 
 
 def _channels(server: ServerProcess) -> list:
@@ -196,8 +251,26 @@ def test_replies_older_than_their_parents_and_replies_without_parents(tmp_path, 
         store.close()
 
 
-@pytest.mark.skipif(shared_postgres is None, reason="PostgreSQL refuses NUL characters; SQLite keeps them")
-def test_a_nul_character_goes_over_to_postgresql(tmp_path, target):
-    path = upstream(tmp_path, lambda db: db.add_message("general", "guest", "a\x00b", at=up.now_ms() - HOUR))
-    result = import_upstream(target, path)
+def test_text_that_is_not_utf8_or_holds_nul_goes_over_repaired(tmp_path, target):
+    """Upstream stores strings as clients send them; this server refuses such text from its clients and
+    PostgreSQL can hold no NUL: both go over with U+FFFD in place of what cannot be stored."""
+    at = up.now_ms() - HOUR
+    ids = [up.snowflake(at), up.snowflake(at + 1)]
+
+    def odd_texts(db: up.UpstreamDatabase) -> None:
+        db.db.execute("INSERT INTO Message (id, channel_id, author_nickname, content, created_at, thread_root_id)"
+                      " VALUES (?, ?, 'guest', CAST(x'6361666580e9' AS TEXT), ?, ?)",
+                      (ids[0], db.channels["general"], at, ids[0]))
+        db.add_message("general", "guest", "nul\x00inside", at=at + 1)
+
+    result = import_upstream(target, upstream(tmp_path, odd_texts))
     assert result.returncode == 0, result
+    assert result.stdout.splitlines()[-2:] == [
+        "Carried over with a change:",
+        "  2 texts held bytes that are not UTF-8 or NUL characters, which scd stores neither of: imported with "
+        "U+FFFD in their place"]
+    store = Store(target.database)
+    try:
+        assert [store.get_message(i).content for i in ids] == ["cafe\ufffd\ufffd", "nul\ufffdinside"]
+    finally:
+        store.close()
