@@ -292,7 +292,9 @@ class UpstreamSource:
         for row in self._rows('SELECT * FROM "AdminAction" ORDER BY id'):
             target = " ".join(str(part) for part in (row["target_type"], row["target_identifier"]) if part)
             if row["target_id"] is not None:
-                target += f" (id {row['target_id']})"
+                # Upstream's bans name the ban they made, not the account or address.
+                kind = "ban" if row["action_type"] in ("ban_user", "ban_ip") else "id"
+                target += f" ({kind} {row['target_id']})"
             details = f"{target}: {row['details']}" if row["details"] else target
             yield {"id": row["id"], "admin_user_id": user_ids_by_name.get(row["admin_nickname"].lower(), 0),
                    "admin_nickname": row["admin_nickname"], "action": row["action_type"].upper(),
