@@ -4,6 +4,7 @@ and after it: the upstream files byte for byte, and the target database."""
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import subprocess
 import sys
 from contextlib import closing
@@ -63,3 +64,13 @@ def assert_refused(server: ServerProcess, upstream: Path, *words: str) -> str:
     assert target_state(server) == target_before
     assert file_digests(upstream) == upstream_before
     return lines[0]
+
+
+def target_rows(server: ServerProcess, sql: str) -> list[tuple]:
+    """Rows of a query on the target database, SQLite or PostgreSQL."""
+    if shared_postgres is None:
+        with closing(sqlite3.connect(server.database)) as db:
+            return db.execute(sql).fetchall()
+    with closing(psycopg2.connect(server.database)) as db, db.cursor() as cursor:
+        cursor.execute(sql)
+        return cursor.fetchall()

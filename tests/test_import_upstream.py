@@ -16,7 +16,7 @@ from superchat.protocol import messages as m
 from superchat.storage import Store
 from tests import upstream_db as up
 from tests.client import Client
-from tests.import_run import file_digests, import_upstream, scd
+from tests.import_run import file_digests, import_upstream, scd, target_rows
 from tests.moderation.helpers import PERMISSION_DENIED, assert_accepted, assert_refused_at_connect
 from tests.server_process import ServerProcess
 
@@ -327,6 +327,21 @@ def test_the_admin_lists_the_bans_as_upstream_had_them(client, c):
     active = {b.id for b in warden.expect(m.BanList).bans}
     assert active == {ban.id for kind, ban in wanted.items() if kind not in ("expired", "expired_ip")}
     assert c.lifted_ban not in {b.id for b in everything}
+
+
+def test_the_audit_trail_keeps_upstreams_admin_actions(imported, c):
+    rows = target_rows(imported["server"], 'SELECT admin_user_id, admin_nickname, action, details, performed_at'
+                                           ' FROM "AdminAction" ORDER BY id')
+    warden = c.account("warden").id
+    wanted = []
+    for action in c.admin_actions:
+        target = f"{action['target_type']} {action['target_identifier']}".strip()
+        if action["target_id"] is not None:
+            target += f" (ban {action['target_id']})"  # upstream's ban actions name the ban
+        details = f"{target}: {action['details']}" if action["details"] else target
+        wanted.append((warden, "warden", action["action_type"].upper(), f"{details} (from {action['ip_address']})",
+                       action["performed_at"]))
+    assert rows == wanted
 
 
 def test_unread_counts_start_where_each_user_stopped_reading(client, c):
