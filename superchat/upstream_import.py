@@ -73,7 +73,9 @@ def _import(args: argparse.Namespace) -> str:
     config = load(args)
     upstream = Path(args.path)
     target = config.database_url or config.database_path
-    if config.database_url is None and _same_file(upstream, config.database_path):
+    # No URL (an empty one) means the SQLite file database_path.
+    on_sqlite = not config.database_url
+    if on_sqlite and _same_file(upstream, config.database_path):
         raise Failed(f"{upstream} is the database scd is configured for: name another with --db")
     try:
         source = UpstreamSource(upstream)
@@ -82,7 +84,7 @@ def _import(args: argparse.Namespace) -> str:
     except OSError as exc:
         raise Failed(f"cannot read {upstream}: {exc.strerror or exc}") from None
     # A file this command made is removed again if the import fails: the target stays as it was.
-    made = config.database_url is None and not config.database_path.exists()
+    made = on_sqlite and not config.database_path.exists()
     try:
         try:
             store = Store(target)

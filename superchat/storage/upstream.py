@@ -88,10 +88,27 @@ class UpstreamSource:
             if log.is_file():
                 shutil.copyfile(log, copy.with_name(copy.name + "-wal"))
             self._db = sqlite3.connect(copy)
+            self._db.text_factory = self._text
+            self.texts_repaired = 0
             self._check_schema(path)
         except BaseException:
             self.close()
             raise
+
+    def _text(self, data: bytes) -> str:
+        """Upstream stores strings as its clients sent them, bytes that are not UTF-8 and NUL characters
+        included; this server refuses both from its clients, and PostgreSQL can hold neither. Such
+        text goes over with U+FFFD in their place, and is counted."""
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            text = data.decode(errors="replace")
+            self.texts_repaired += 1
+            return text.replace("\x00", "\ufffd")
+        if "\x00" in text:
+            self.texts_repaired += 1
+            return text.replace("\x00", "\ufffd")
+        return text
 
     def close(self) -> None:
         db = getattr(self, "_db", None)
@@ -106,7 +123,15 @@ class UpstreamSource:
             raise NotUpstream(f"{path} cannot be read as SQLite: {exc}") from None
         if "schema_migrations" not in tables:
             raise NotUpstream(f"{path} is not an upstream SuperChat database (it has no schema_migrations table)")
+        # Other programs keep a schema_migrations table too (Rails: one text column).
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(schema_migrations)")}
+        if not {"version", "name", "applied_at"} <= columns:
+            raise NotUpstream(f"{path} is not an upstream SuperChat database (its schema_migrations table is "
+                              "another program's)")
         (version,) = self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        if version is not None and not isinstance(version, int):
+            raise NotUpstream(f"{path} is not an upstream SuperChat database (schema_migrations holds version "
+                              f"{version!r})")
         if version is None or version < KNOWN_SCHEMA_VERSION:
             raise NotUpstream(f"{path} has upstream schema version {version or 0}; start the upstream server "
                               f"once to bring it to version {KNOWN_SCHEMA_VERSION}, then import")
@@ -179,31 +204,51 @@ class UpstreamSource:
                                       "WHERE ban_type = 'user' AND shadowban != 0")]
 
     def messages(self, channel_ids: set[int], carried: Carried) -> Iterator[dict[str, Any]]:
-        """In id order, which is the order of posting (ids are time-ordered snowflakes), so a parent
-        always comes before its replies."""
+        """Parents before their replies, each written where this server's foreign key wants it: in id
+        order, the order of posting (ids are time-ordered snowflakes), except that a reply whose id
+        is below its parent's (the clock went back between two runs of the upstream server, which
+        starts its snowflakes from the clock) waits for its parent."""
         shadowbans = self._shadowbans()
         left: set[int] = set()
-        for row in self._rows('SELECT * FROM "Message" ORDER BY id'):
-            message_id, parent_id = row["id"], row["parent_id"]
-            if row["channel_id"] not in channel_ids:
-                carried.leave("messages of a channel that no longer exists")
-                left.add(message_id)
+        waiting: dict[int, list[sqlite3.Row]] = {}
+        for row in self._rows('SELECT m.*, p.id IS NOT NULL AS parent_found FROM "Message" m '
+                              'LEFT JOIN "Message" p ON p.id = m.parent_id ORDER BY m.id'):
+            parent_id = row["parent_id"]
+            if parent_id is not None and parent_id > row["id"] and row["parent_found"] and parent_id not in left:
+                waiting.setdefault(parent_id, []).append(row)
                 continue
-            if parent_id is not None and parent_id in left:
-                carried.leave("replies to a message that could not be carried over")
-                left.add(message_id)
-                continue
+            pending = [row]
+            while pending:
+                row = pending.pop()
+                message = self._message(row, channel_ids, left, shadowbans, carried)
+                if message is not None:
+                    yield message
+                # What waited for this message follows it, in id order.
+                pending.extend(reversed(waiting.pop(row["id"], [])))
+
+    def _message(self, row: sqlite3.Row, channel_ids: set[int], left: set[int], shadowbans: list[_Shadowban],
+                 carried: Carried) -> dict[str, Any] | None:
+        """The message as this server stores it, or None (counted in ``carried``) when it cannot go over."""
+        message_id, parent_id = row["id"], row["parent_id"]
+        if row["channel_id"] not in channel_ids:
+            reason = "messages of a channel that no longer exists"
+        elif parent_id is not None and parent_id in left:
+            reason = "replies to a message that could not be carried over"
+        elif parent_id is not None and not row["parent_found"]:
+            reason = "replies whose parent is missing from the upstream database"
+        else:
             root = self._thread_root(message_id, parent_id, row["thread_root_id"])
-            if root is None:
-                carried.leave("replies whose parent is missing from the upstream database")
-                left.add(message_id)
-                continue
-            author_id, nickname, created_at = row["author_user_id"], row["author_nickname"], row["created_at"]
-            yield {"id": message_id, "channel_id": row["channel_id"], "subchannel_id": row["subchannel_id"],
-                   "parent_id": parent_id, "thread_root_id": root, "author_user_id": author_id,
-                   "author_nickname": nickname, "content": row["content"], "created_at": created_at,
-                   "edited_at": row["edited_at"], "deleted_at": row["deleted_at"],
-                   "shadowed": any(ban.covers(author_id, nickname, created_at) for ban in shadowbans)}
+            reason = "replies whose parent is missing from the upstream database" if root is None else ""
+        if reason:
+            carried.leave(reason)
+            left.add(message_id)
+            return None
+        author_id, nickname, created_at = row["author_user_id"], row["author_nickname"], row["created_at"]
+        return {"id": message_id, "channel_id": row["channel_id"], "subchannel_id": row["subchannel_id"],
+                "parent_id": parent_id, "thread_root_id": root, "author_user_id": author_id,
+                "author_nickname": nickname, "content": row["content"], "created_at": created_at,
+                "edited_at": row["edited_at"], "deleted_at": row["deleted_at"],
+                "shadowed": any(ban.covers(author_id, nickname, created_at) for ban in shadowbans)}
 
     def _thread_root(self, message_id: int, parent_id: int | None, stored_root: int | None) -> int | None:
         if parent_id is None:
@@ -247,7 +292,9 @@ class UpstreamSource:
         for row in self._rows('SELECT * FROM "AdminAction" ORDER BY id'):
             target = " ".join(str(part) for part in (row["target_type"], row["target_identifier"]) if part)
             if row["target_id"] is not None:
-                target += f" (id {row['target_id']})"
+                # Upstream's bans name the ban they made, not the account or address.
+                kind = "ban" if row["action_type"] in ("ban_user", "ban_ip") else "id"
+                target += f" ({kind} {row['target_id']})"
             details = f"{target}: {row['details']}" if row["details"] else target
             yield {"id": row["id"], "admin_user_id": user_ids_by_name.get(row["admin_nickname"].lower(), 0),
                    "admin_nickname": row["admin_nickname"], "action": row["action_type"].upper(),
@@ -275,6 +322,9 @@ class UpstreamSource:
         carried.leave("earlier versions of edited messages (scd keeps the current text and the time of the "
                       "last edit)", self.count("MessageVersion"))
         carried.leave("records of the upstream server's connections (Session)", self.count("Session"))
+        if self.texts_repaired:
+            carried.changed.append(f"{self.texts_repaired} texts held bytes that are not UTF-8 or NUL characters, "
+                                   "which scd stores neither of: imported with U+FFFD in their place")
 
 
 def _is_network(text: str) -> bool:
