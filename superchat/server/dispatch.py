@@ -24,7 +24,7 @@ ROUTES = {
 
 def _text_fields(cls) -> tuple[tuple[str, type | None], ...]:
     """The string fields of a record, with the record type of each array that holds more."""
-    fields = []
+    fields: list[tuple[str, type | None]] = []
     for name, codec in cls.LAYOUT.entries:
         inner = codec.inner if isinstance(codec, (Optional, Trailing)) else codec
         if inner is STRING:

@@ -71,6 +71,27 @@ class _Shadowban:
         return named and self.since <= at and (self.until is None or at < self.until)
 
 
+class _TextRepair:
+    """Upstream stores strings as its clients sent them, bytes that are not UTF-8 and NUL characters
+    included; this server refuses both from its clients, and PostgreSQL can hold neither. Such
+    text goes over with U+FFFD in their place, and is counted."""
+
+    def __init__(self) -> None:
+        self.repaired = 0
+
+    def __call__(self, data: bytes) -> str:
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            text = data.decode(errors="replace")
+            self.repaired += 1
+            return text.replace("\x00", "\ufffd")
+        if "\x00" in text:
+            self.repaired += 1
+            return text.replace("\x00", "\ufffd")
+        return text
+
+
 class UpstreamSource:
     """A copy of an upstream database, opened; ``close()`` removes the copy."""
 
@@ -88,60 +109,18 @@ class UpstreamSource:
             if log.is_file():
                 shutil.copyfile(log, copy.with_name(copy.name + "-wal"))
             self._db = sqlite3.connect(copy)
+            self._text = _TextRepair()
             self._db.text_factory = self._text
-            self.texts_repaired = 0
-            self._check_schema(path)
+            _check_schema(self._db, path)
         except BaseException:
             self.close()
             raise
-
-    def _text(self, data: bytes) -> str:
-        """Upstream stores strings as its clients sent them, bytes that are not UTF-8 and NUL characters
-        included; this server refuses both from its clients, and PostgreSQL can hold neither. Such
-        text goes over with U+FFFD in their place, and is counted."""
-        try:
-            text = data.decode()
-        except UnicodeDecodeError:
-            text = data.decode(errors="replace")
-            self.texts_repaired += 1
-            return text.replace("\x00", "\ufffd")
-        if "\x00" in text:
-            self.texts_repaired += 1
-            return text.replace("\x00", "\ufffd")
-        return text
 
     def close(self) -> None:
         db = getattr(self, "_db", None)
         if db is not None:
             db.close()
         shutil.rmtree(self._copy_dir, ignore_errors=True)
-
-    def _check_schema(self, path: Path) -> None:
-        try:
-            tables = {name for (name,) in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.DatabaseError as exc:
-            raise NotUpstream(f"{path} cannot be read as SQLite: {exc}") from None
-        if "schema_migrations" not in tables:
-            raise NotUpstream(f"{path} is not an upstream SuperChat database (it has no schema_migrations table)")
-        # Other programs keep a schema_migrations table too (Rails: one text column).
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(schema_migrations)")}
-        if not {"version", "name", "applied_at"} <= columns:
-            raise NotUpstream(f"{path} is not an upstream SuperChat database (its schema_migrations table is "
-                              "another program's)")
-        (version,) = self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
-        if version is not None and not isinstance(version, int):
-            raise NotUpstream(f"{path} is not an upstream SuperChat database (schema_migrations holds version "
-                              f"{version!r})")
-        if version is None or version < KNOWN_SCHEMA_VERSION:
-            raise NotUpstream(f"{path} has upstream schema version {version or 0}; start the upstream server "
-                              f"once to bring it to version {KNOWN_SCHEMA_VERSION}, then import")
-        if version > KNOWN_SCHEMA_VERSION:
-            raise NotUpstream(f"{path} has upstream schema version {version}, newer than the "
-                              f"{KNOWN_SCHEMA_VERSION} this scd can import")
-        for table, column in _UPSTREAM_TABLES.items():
-            columns = {row[1] for row in self._db.execute(f'PRAGMA table_info("{table}")')}
-            if column not in columns:
-                raise NotUpstream(f"{path} is not an upstream SuperChat database (no {table}.{column})")
 
     def nicknames_alike(self) -> list[list[str]]:
         """Registered nicknames upstream tells apart by case alone, in groups."""
@@ -322,9 +301,38 @@ class UpstreamSource:
         carried.leave("earlier versions of edited messages (scd keeps the current text and the time of the "
                       "last edit)", self.count("MessageVersion"))
         carried.leave("records of the upstream server's connections (Session)", self.count("Session"))
-        if self.texts_repaired:
-            carried.changed.append(f"{self.texts_repaired} texts held bytes that are not UTF-8 or NUL characters, "
+        if self._text.repaired:
+            carried.changed.append(f"{self._text.repaired} texts held bytes that are not UTF-8 or NUL characters, "
                                    "which scd stores neither of: imported with U+FFFD in their place")
+
+
+def _check_schema(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse, with NotUpstream, a database that is no upstream one of schema version 9."""
+    try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    except sqlite3.DatabaseError as exc:
+        raise NotUpstream(f"{path} cannot be read as SQLite: {exc}") from None
+    if "schema_migrations" not in tables:
+        raise NotUpstream(f"{path} is not an upstream SuperChat database (it has no schema_migrations table)")
+    # Other programs keep a schema_migrations table too (Rails: one text column).
+    columns = {row[1] for row in db.execute("PRAGMA table_info(schema_migrations)")}
+    if not {"version", "name", "applied_at"} <= columns:
+        raise NotUpstream(f"{path} is not an upstream SuperChat database (its schema_migrations table is "
+                          "another program's)")
+    (version,) = db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+    if version is not None and not isinstance(version, int):
+        raise NotUpstream(f"{path} is not an upstream SuperChat database (schema_migrations holds version "
+                          f"{version!r})")
+    if version is None or version < KNOWN_SCHEMA_VERSION:
+        raise NotUpstream(f"{path} has upstream schema version {version or 0}; start the upstream server "
+                          f"once to bring it to version {KNOWN_SCHEMA_VERSION}, then import")
+    if version > KNOWN_SCHEMA_VERSION:
+        raise NotUpstream(f"{path} has upstream schema version {version}, newer than the "
+                          f"{KNOWN_SCHEMA_VERSION} this scd can import")
+    for table, column in _UPSTREAM_TABLES.items():
+        columns = {row[1] for row in db.execute(f'PRAGMA table_info("{table}")')}
+        if column not in columns:
+            raise NotUpstream(f"{path} is not an upstream SuperChat database (no {table}.{column})")
 
 
 def _is_network(text: str) -> bool:

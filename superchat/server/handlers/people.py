@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...protocol import ErrorCode, messages
+from ..cluster import RemoteSession
 from ..context import ServerContext
 from ..outbound import Refused, send
 from ..permissions import is_admin
@@ -29,7 +30,8 @@ def list_users(ctx: ServerContext, session: Session, msg: messages.ListUsers) ->
     if msg.include_offline:
         if not is_admin(session):
             raise Refused.error(ErrorCode.PERMISSION_DENIED, "Admin permission required for include_offline")
-        online_ids = {other.user_id for other in (*ctx.sessions.by_id.values(), *ctx.cluster.remote_sessions())}
+        online_ids = ({local.user_id for local in ctx.sessions.by_id.values()}
+                      | {remote.user_id for remote in ctx.cluster.remote_sessions()})
         users = [
             messages.UserEntry(nickname=user.nickname, is_registered=True, user_id=user.id,
                                online=user.id in online_ids)
@@ -39,7 +41,9 @@ def list_users(ctx: ServerContext, session: Session, msg: messages.ListUsers) ->
         users, seen = [], set()
         # Newest connections first (this node's, then the others'), one entry per nickname.
         local = sorted(ctx.sessions.by_id.values(), key=lambda s: s.id, reverse=True)
-        for other in (*local, *sorted(ctx.cluster.remote_sessions(), key=lambda s: s.session_id, reverse=True)):
+        newest_first: list[Session | RemoteSession] = [
+            *local, *sorted(ctx.cluster.remote_sessions(), key=lambda s: s.session_id, reverse=True)]
+        for other in newest_first:
             if not other.nickname or other.nickname in seen:
                 continue
             seen.add(other.nickname)

@@ -101,6 +101,7 @@ def post_message(ctx: ServerContext, session: Session, msg: messages.PostMessage
     send(session, messages.MessagePosted(success=True, message_id=stored.id, message="Message posted"))
     log.info("%s POST_MESSAGE channel=%d message=%d session=%d", session.nickname, stored.channel_id,
              stored.id, session.id)
+    post: tuple[str, int, int | None]
     if stored.parent_id is None:
         route, key, post = Route.CHANNEL_SUBSCRIBERS, stored.channel_id, ("channel", stored.channel_id, None)
     else:
@@ -175,6 +176,7 @@ def _entries(ctx: ServerContext, rows: list[MessageRow], record=messages.Message
     authors: dict[int, str] = {}
     entries = []
     for row in rows:
+        author: str | None
         if row.author_user_id is None:
             author = flags.decorated_nickname(row.author_nickname, False, 0)
         else:
