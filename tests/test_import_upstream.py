@@ -12,12 +12,13 @@ import re
 
 import pytest
 
+from superchat.protocol import ErrorCode
 from superchat.protocol import messages as m
 from superchat.storage import Store
 from tests import upstream_db as up
 from tests.client import Client
 from tests.import_run import file_digests, import_upstream, scd, target_rows
-from tests.moderation.helpers import PERMISSION_DENIED, assert_accepted, assert_refused_at_connect
+from tests.moderation.helpers import assert_accepted, assert_refused_at_connect
 from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.timeout(120)
@@ -296,7 +297,7 @@ def test_bans_in_force_refuse_as_scd_refuses_banned_users(imported, client, c):
     guest.expect(m.NicknameResponse)
     guest.send(m.PostMessage(channel_id=c.channels["feedback"]["id"], parent_id=None, content="buy now"))
     answer = guest.recv()
-    assert isinstance(answer, m.Error) and answer.error_code == PERMISSION_DENIED and "ads" in answer.message
+    assert isinstance(answer, m.Error) and answer.error_code == ErrorCode.PERMISSION_DENIED and "ads" in answer.message
     # IP bans, an address and a range; the expired one lets its address in.
     server = imported["server"]
     assert_refused_at_connect(server, "banned", c.bans["ip"]["reason"], source="127.0.0.2")
