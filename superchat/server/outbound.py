@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from ..observability import metrics, trace
 from ..protocol import ErrorCode, encode_message, messages
+from ..protocol.registry import Message
 from .session import Session
 
 
@@ -35,7 +36,7 @@ class Refused(Exception):
     """A handler's refusal, raised anywhere in a handler and sent by the dispatcher: the reply that
     says why, ERROR ``code`` (``Refused.error``) or the request's own reply with ``success=False``."""
 
-    def __init__(self, reply) -> None:
+    def __init__(self, reply: Message) -> None:
         super().__init__(reply)
         self.reply = reply
 

@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..protocol import ErrorCode
+from ..protocol.registry import Message
 from . import permissions
 from .outbound import Refused
 from .session import Session
 
 Handler = TypeVar("Handler", bound=Callable[..., None])
 # Builds the request's own failure reply from the refusal's text.
-Reply = Callable[[str], Any]
+Reply = Callable[[str], Message]
 
 ADMIN_REQUIRED = "Permission denied: admin access required"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from ...protocol import encode_message, messages
+from ...protocol.registry import Message
 from ...storage import StorageError
 from .. import bans as banlist
 from .. import events
@@ -92,7 +92,7 @@ def ban_user(ctx: ServerContext, session: Session, msg: messages.BanUser) -> Non
     send(session, messages.UserBanned(success=True, ban_id=ban.id, message=f"User {target} banned successfully"))
 
 
-def _requested_network(text: str, failed: Callable[[str], Any]) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+def _requested_network(text: str, failed: Callable[[str], Message]) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
     """The address or range an admin named; refused with ``failed`` when it is not one."""
     if not text.strip():
         raise Refused(failed("IP/CIDR address required"))
