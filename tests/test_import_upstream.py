@@ -363,3 +363,24 @@ def test_unread_counts_start_where_each_user_stopped_reading(client, c):
 def test_the_upstream_files_were_not_written(imported):
     assert file_digests(imported["upstream"]) == imported["upstream_before"]
     assert imported["upstream_before"]["superchat.db-wal"] is not None
+
+
+def test_an_upstream_admin_listed_in_admin_users_is_an_admin_with_the_upstream_password(tmp_path):
+    """The README's third step alone: the account keeps its password, and admin_users makes it an admin."""
+    upstream = tmp_path / "upstream.db"
+    db = up.UpstreamDatabase(upstream)
+    keeper_hash = up.client_hash("keeper")
+    keeper = db.add_user("keeper", keeper_hash)
+    db.close()
+    server = ServerProcess(tmp_path / "scd", {"server": {"admin_users": ["keeper"]}})
+    assert import_upstream(server, upstream).returncode == 0
+    server.start()
+    try:
+        with Client(server.port) as admin:
+            admin.handshake()
+            reply = admin.login("keeper", keeper_hash)
+            assert (reply.success, reply.user_id, reply.user_flags) == (True, keeper, ADMIN_FLAG)
+            admin.send(m.ListBans(include_expired=True))
+            assert admin.expect(m.BanList).bans == []
+    finally:
+        server.kill()
