@@ -53,15 +53,15 @@ def _declare(precondition: Precondition) -> Callable[[Handler], Handler]:
     return attach
 
 
-def admin_only(reply: Reply | None = None, text: str = ADMIN_REQUIRED) -> Callable[[Handler], Handler]:
+def admin_only(*, reply: Reply | None = None, text: str = ADMIN_REQUIRED) -> Callable[[Handler], Handler]:
     return _declare(Precondition(permissions.is_admin, ErrorCode.PERMISSION_DENIED, text, reply))
 
 
-def registered_only(text: str, reply: Reply | None = None) -> Callable[[Handler], Handler]:
+def registered_only(text: str, *, reply: Reply | None = None) -> Callable[[Handler], Handler]:
     return _declare(Precondition(permissions.is_registered, ErrorCode.AUTH_REQUIRED, text, reply))
 
 
-def nickname_required(text: str = "Nickname required. Use SET_NICKNAME first.",
+def nickname_required(text: str = "Nickname required. Use SET_NICKNAME first.", *,
                       code: ErrorCode = ErrorCode.NICKNAME_REQUIRED,
                       reply: Reply | None = None) -> Callable[[Handler], Handler]:
     return _declare(Precondition(permissions.has_nickname, code, text, reply))

@@ -63,7 +63,7 @@ def _user_ban_failed(text: str) -> messages.UserBanned:
     return messages.UserBanned(success=False, ban_id=0, message=text)
 
 
-@admin_only(_user_ban_failed)
+@admin_only(reply=_user_ban_failed)
 def ban_user(ctx: ServerContext, session: Session, msg: messages.BanUser) -> None:
     if msg.user_id is None and not msg.nickname:
         raise Refused(_user_ban_failed("Must provide either UserID or Nickname"))
@@ -106,7 +106,7 @@ def _ip_ban_failed(text: str) -> messages.IPBanned:
     return messages.IPBanned(success=False, ban_id=0, message=text)
 
 
-@admin_only(_ip_ban_failed)
+@admin_only(reply=_ip_ban_failed)
 def ban_ip(ctx: ServerContext, session: Session, msg: messages.BanIP) -> None:
     network = _requested_network(msg.ip_cidr, _ip_ban_failed)
     problem = _duration_problem(msg.duration_seconds)
@@ -125,7 +125,7 @@ def _user_unban_failed(text: str) -> messages.UserUnbanned:
     return messages.UserUnbanned(success=False, message=text)
 
 
-@admin_only(_user_unban_failed)
+@admin_only(reply=_user_unban_failed)
 def unban_user(ctx: ServerContext, session: Session, msg: messages.UnbanUser) -> None:
     if msg.user_id is None and not msg.nickname:
         raise Refused(_user_unban_failed("Must provide either UserID or Nickname"))
@@ -151,7 +151,7 @@ def _ip_unban_failed(text: str) -> messages.IPUnbanned:
     return messages.IPUnbanned(success=False, message=text)
 
 
-@admin_only(_ip_unban_failed)
+@admin_only(reply=_ip_unban_failed)
 def unban_ip(ctx: ServerContext, session: Session, msg: messages.UnbanIP) -> None:
     network = _requested_network(msg.ip_cidr, _ip_unban_failed)
     removed = ctx.writer.run(ctx.store.remove_ip_bans, str(network), banlist.now_ms())
@@ -180,7 +180,7 @@ def _user_deletion_failed(text: str) -> messages.UserDeleted:
     return messages.UserDeleted(success=False, message=text)
 
 
-@admin_only(_user_deletion_failed)
+@admin_only(reply=_user_deletion_failed)
 def delete_user(ctx: ServerContext, session: Session, msg: messages.DeleteUser) -> None:
     if msg.user_id == session.user_id:
         raise Refused(_user_deletion_failed("Cannot delete your own account"))
@@ -202,7 +202,7 @@ def _channel_deletion_failed(text: str) -> messages.ChannelDeleted:
     return messages.ChannelDeleted(success=False, channel_id=0, message=text)
 
 
-@admin_only(_channel_deletion_failed)
+@admin_only(reply=_channel_deletion_failed)
 def delete_channel(ctx: ServerContext, session: Session, msg: messages.DeleteChannel) -> None:
     channel = ctx.writer.run(ctx.store.delete_channel, msg.channel_id)
     if channel is None:
