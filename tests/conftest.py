@@ -1,3 +1,8 @@
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
 import pytest
 
 from tests.client import Client
@@ -103,3 +108,27 @@ def connect(server):
     yield open_client
     for client in clients:
         client.close()
+
+
+@pytest.fixture
+def mount_tmpfs(tmp_path) -> Iterator[Callable[[str], Path]]:
+    """Mounts a tmpfs of the given size (``"8m"``) under tmp_path and returns its mount point;
+    mounting needs root, so a test that asks for one skips itself otherwise."""
+    mounted: list[Path] = []
+
+    def mount(size: str) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a tmpfs needs root")
+        point = tmp_path / f"tmpfs{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs: {done.stderr.strip() or done.returncode}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        # Lazily: a file a failed test left open must not leave the mount behind.
+        subprocess.run(["umount", "--lazy", str(point)], check=True)

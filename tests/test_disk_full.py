@@ -38,19 +38,8 @@ LINE = re.compile(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d\.\d{6} \[(INFO|WARN|ERROR|DEB
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A tmpfs of DISK_SIZE, unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs to fill needs root")
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE}", "tmpfs", str(mount_point)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip() or mounted.returncode}")
-    yield mount_point
-    # Lazily: a file a failed test left open must not leave the mount behind.
-    subprocess.run(["umount", "--lazy", str(mount_point)], check=True)
+def small_disk(mount_tmpfs):
+    return mount_tmpfs(DISK_SIZE)
 
 
 def fill(disk: Path) -> Path:

@@ -5,7 +5,6 @@ still go over."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -123,18 +122,8 @@ def test_a_target_holding_accounts_or_messages_is_refused(tmp_path, target, regi
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    """A tmpfs of 2 MiB (mounting one needs root: skipped otherwise), unmounted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
-                             text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip() or mounted.returncode}")
-    yield disk
-    subprocess.run(["umount", "--lazy", str(disk)], check=True)
+def small_disk(mount_tmpfs):
+    return mount_tmpfs("2m")
 
 
 def big_community(db: up.UpstreamDatabase, messages: int, size: int) -> None:
