@@ -126,16 +126,6 @@ def small_disk(mount_tmpfs):
     return mount_tmpfs("2m")
 
 
-def big_community(db: up.UpstreamDatabase, messages: int, size: int) -> None:
-    """A community, and a channel of ``messages`` posts of ``size`` characters after it."""
-    community = up.fill_community(db)
-    start = max(p.created_at for p in community.messages_by_id.values()) + 1
-    db.db.execute("BEGIN")
-    for n in range(messages):
-        db.add_message("feedback", "guest", f"{n:06} " + "x" * size, at=start + n)
-    db.db.execute("COMMIT")
-
-
 @pytest.mark.skipif(shared_postgres is not None, reason="the disk under an SQLite target fills")
 def test_a_full_disk_in_the_middle_leaves_the_target_as_it_was(tmp_path, small_disk):
     """No row upstream can hold is refused by this server's schema (see the tests below), so the
@@ -143,7 +133,7 @@ def test_a_full_disk_in_the_middle_leaves_the_target_as_it_was(tmp_path, small_d
     target = ServerProcess(tmp_path / "scd", {"server": {"database_path": str(small_disk / "superchat.db")}})
     target.start()
     assert target.stop() == 0  # an scd started on it: its seeded channels stay
-    path = upstream(tmp_path, lambda db: big_community(db, 400, 8000))
+    path = upstream(tmp_path, lambda db: up.big_community(db, 400, 8000))
     seeded = _channels(target)
     assert_refused(target, path, "database error, nothing imported", "full")
     assert _channels(target) == seeded and len(seeded) == 5
@@ -155,7 +145,7 @@ def test_a_lost_connection_in_the_middle_leaves_the_target_as_it_was(tmp_path, t
     database server): nothing of the transaction stays."""
     target.start()
     assert target.stop() == 0  # an scd started on it: its seeded channels stay
-    path = upstream(tmp_path, lambda db: big_community(db, 30_000, 20))
+    path = upstream(tmp_path, lambda db: up.big_community(db, 30_000, 20))
     before = target_state(target)
     importing = subprocess.Popen([sys.executable, str(SCD), "import-upstream", str(path), "--config",
                                   str(target.config_path)], env=target.env, stdout=subprocess.PIPE,

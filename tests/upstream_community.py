@@ -259,3 +259,13 @@ def fill_community(db: up.UpstreamDatabase, now: int | None = None) -> Community
     db.add_session("erin", user_id=c.accounts["erin"].id, connected_at=now - 30 * 60_000)
     c.sessions = 1
     return c
+
+
+def big_community(db: up.UpstreamDatabase, messages: int, size: int) -> None:
+    """A community, and a channel of ``messages`` posts of ``size`` characters after it."""
+    community = fill_community(db)
+    start = max(p.created_at for p in community.messages_by_id.values()) + 1
+    db.db.execute("BEGIN")
+    for n in range(messages):
+        db.add_message("feedback", "guest", f"{n:06} " + "x" * size, at=start + n)
+    db.db.execute("COMMIT")

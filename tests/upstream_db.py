@@ -524,4 +524,4 @@ class UpstreamDatabase:
 
 
 # The community the import tests build; it uses the helpers above, so it is imported after them.
-from tests.upstream_community import Account, Community, Post, fill_community  # noqa: E402, F401
+from tests.upstream_community import Account, Community, Post, big_community, fill_community  # noqa: E402, F401
