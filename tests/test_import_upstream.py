@@ -19,7 +19,8 @@ from tests import upstream_db as up
 from tests.client import Client
 from tests.import_run import file_digests, import_upstream, scd, target_rows
 from tests.moderation.helpers import assert_accepted, assert_refused_at_connect
-from tests.server_process import ServerProcess
+from tests.server_process import ServerProcess, free_port
+from tests.ssh_client import OpenSshStream, make_key
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -360,6 +361,34 @@ def test_unread_counts_start_where_each_user_stopped_reading(client, c):
                    and p.created_at > grace_general[3]) < len(c.messages_by_id)
 
 
+def test_the_directory_keeps_the_servers_upstream_had_discovered(imported, client, c, tmp_path):
+    columns = ("id", "hostname", "port", "name", "description", "user_count", "max_users", "uptime_seconds",
+               "is_public", "channel_count")
+    db = up.open_copy(imported["upstream"], tmp_path)
+    upstream_rows = db.execute(f"SELECT {', '.join(columns)}, last_heartbeat, COALESCE(source_ip, '') "
+                               "FROM DiscoveredServer ORDER BY id").fetchall()
+    db.close()
+    store = Store(imported["server"].database)
+    try:
+        rows = store.list_discovered_servers(None, 0)
+    finally:
+        store.close()
+    assert len(upstream_rows) == len(c.discovered_servers) == 2
+    assert sorted((*(int(getattr(row, k)) if k == "is_public" else getattr(row, k) for k in columns),
+                   row.last_seen, row.source_ip) for row in rows) == upstream_rows
+    # LIST_SERVERS lists this server first, then those heard from within three heartbeats: the
+    # registered one, not the one gossip told of a day ago.
+    session = client()
+    session.send(m.ListServers(limit=0))
+    listed = session.expect(m.ServerList).servers
+    fresh = c.discovered_servers[0]
+    assert [(s.hostname, s.port) for s in listed[1:]] == [(fresh["hostname"], fresh["port"])]
+    assert listed[1] == m.ServerInfo(hostname=fresh["hostname"], port=fresh["port"], name=fresh["name"],
+                                     description=fresh["description"], user_count=fresh["user_count"],
+                                     max_users=fresh["max_users"], uptime_seconds=fresh["uptime_seconds"],
+                                     is_public=True, channel_count=fresh["channel_count"])
+
+
 def test_the_upstream_files_were_not_written(imported):
     assert file_digests(imported["upstream"]) == imported["upstream_before"]
     assert imported["upstream_before"]["superchat.db-wal"] is not None
@@ -382,5 +411,38 @@ def test_an_upstream_admin_listed_in_admin_users_is_an_admin_with_the_upstream_p
             assert (reply.success, reply.user_id, reply.user_flags) == (True, keeper, ADMIN_FLAG)
             admin.send(m.ListBans(include_expired=True))
             assert admin.expect(m.BanList).bans == []
+    finally:
+        server.kill()
+
+
+def test_imported_keys_sign_in_over_ssh_to_their_accounts(tmp_path):
+    """A key as an SSH sign-up stored it (as Go marshals it: no comment, a newline) and one added
+    with its comment each open a session on their upstream account."""
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    upstream = tmp_path / "upstream.db"
+    db = up.UpstreamDatabase(upstream)
+    accounts = {}
+    for nickname, stored_as_go_does in (("frank", True), ("grace", False)):
+        key = make_key(keys, nickname)
+        line = key.with_suffix(".pub").read_text().strip()
+        if stored_as_go_does:
+            line = " ".join(line.split()[:2]) + "\n"
+        accounts[nickname] = (db.add_user(nickname, None if stored_as_go_does else up.client_hash(nickname)), key)
+        db.add_ssh_key(accounts[nickname][0], line, label="Auto-registered" if stored_as_go_does else "laptop")
+    db.close()
+    server = ServerProcess(tmp_path / "scd", {"server": {"ssh_port": free_port()}})
+    assert import_upstream(server, upstream).returncode == 0
+    server.start()
+    try:
+        for nickname, (user_id, key) in accounts.items():
+            session = OpenSshStream(server.ssh_port, nickname, key, keys / "known_hosts")
+            client = Client(0, sock=session, timeout=15)
+            try:
+                assert isinstance(client.recv(), m.ServerConfig)
+                auth = client.expect(m.AuthResponse)
+                assert (auth.success, auth.user_id, auth.nickname) == (True, user_id, nickname)
+            finally:
+                session.close()
     finally:
         server.kill()
