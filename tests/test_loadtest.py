@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
-from superchat.loadtest.cli import duration
+from superchat.loadtest.cli import duration, render
 from superchat.loadtest.ramp import parse_source_addresses
 from superchat.loadtest.stats import Histogram
 from superchat.protocol import ErrorCode
-from tests.server_process import REPO
+from tests.server_process import REPO, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -122,6 +122,61 @@ def test_throughput_counts_rate_limit_errors_without_failing(start_server):
     assert posts["errors"][str(ErrorCode.MESSAGE_RATE_LIMITED.value)] > 0 and posts["disconnections"] == 0
 
 
+def test_throughput_spread_over_processes_posts_in_one_window(start_server):
+    server = start_server(ROOMY)
+    # Connecting at 2 per second in all, the first process takes a second longer than the second
+    # to set up its posters: it is waited for.
+    report = loadtest(server, "--scenario", "throughput", "--clients", "5", "--duration", "2s", "--processes", "2",
+                      "--ramp", "2")
+    assert report["windows_apart_ms"] < 300
+    # Five posters in two processes (3 + 2), each under a nickname of its own.
+    assert report["posters"]["attempted"] == report["posters"]["established"] == 5
+    posts = report["posts"]
+    assert posts["acknowledged"] > 0 and posts["errors"] == {} and posts["timeouts"] == posts["disconnections"] == 0
+    assert report["ack"]["count"] == posts["acknowledged"]
+    # One window for all: as long as one process's, not the sum of two.
+    assert 2 <= report["window_seconds"] < 4
+    assert posts["per_second"] == pytest.approx(posts["acknowledged"] / report["window_seconds"], rel=0.001)
+    # The first process alone probes.
+    assert report["ping"]["sessions"] == 1 and report["ping"]["sent"] >= 16 and report["ping"]["lost"] == 0
+    client = report["client"]
+    assert len(client["processes"]) == 2 and all(each["cpu_seconds"] > 0 for each in client["processes"])
+    assert client["cpu_seconds"] == round(sum(each["cpu_seconds"] for each in client["processes"]), 3)
+    assert client["window_cpu_percent"] == max(each["window_cpu_percent"] for each in client["processes"])
+    assert "worker" not in report["parameters"] and report["parameters"]["processes"] == 2
+    lines = render(report)
+    assert any(line.startswith("Load tool: 2 processes, ") for line in lines), lines
+    assert any(line.startswith("  the processes began posting within ") for line in lines), lines
+
+
+def test_bots_spread_over_processes_report_as_one_run(start_server):
+    server = start_server(ROOMY)
+    report = loadtest(server, "--clients", "5", "--duration", "2s", "--min-delay", "20ms", "--max-delay", "100ms",
+                      "--processes", "3")
+    assert report["clients"]["attempted"] == report["clients"]["successful"] == 5
+    messages = report["messages"]
+    assert messages["posted"] > 10 and messages["failed"] == 0
+    assert report["response"]["count"] == messages["posted"]
+    assert len(report["client"]["processes"]) == 3
+
+
+def test_processes_spread_only_the_scenarios_that_can_be_spread():
+    for scenario in ("idle", "fanout"):
+        proc = subprocess.run([sys.executable, str(LOADTEST), "--scenario", scenario, "--processes", "2"],
+                              capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2
+        assert proc.stderr.splitlines()[-1] == (f"sc-loadtest: error: --processes spreads only bots and throughput, "
+                                                f"not {scenario}")
+
+
+def test_a_spread_run_whose_server_is_gone_reports_the_failure():
+    proc = subprocess.run([sys.executable, str(LOADTEST), "--server", f"127.0.0.1:{free_port()}", "--json",
+                           "--scenario", "throughput", "--processes", "2", "--duration", "1s"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["error"].startswith("load process ")
+
+
 def test_a_missing_channel_is_reported_not_crashed_on(start_server):
     server = start_server(ROOMY)
     proc = subprocess.run(
@@ -154,6 +209,20 @@ def test_percentiles_are_nearest_rank_and_within_one_percent():
     assert summary["max_ms"] == round(values[-1] / 1000, 3)
     assert Histogram().summary() == {"count": 0, "p50_ms": None, "p95_ms": None, "p99_ms": None,
                                      "max_ms": None, "mean_ms": None}
+
+
+def test_histograms_of_several_processes_merge_into_the_histogram_of_all_samples():
+    everything, parts = Histogram(), [Histogram(), Histogram(), Histogram()]
+    for n, us in enumerate(range(3, 90_000, 11)):
+        everything.record_us(us)
+        parts[n % 3].record_us(us)
+    merged = Histogram()
+    for part in (*parts, Histogram()):  # an empty one changes nothing
+        merged.merge(json.loads(json.dumps(part.state())))  # as it comes from another process
+    assert merged.summary() == everything.summary()
+    assert [merged.percentile(q) for q in (1, 50, 99, 100)] == [everything.percentile(q) for q in (1, 50, 99, 100)]
+    assert (merged.min, merged.max, merged.count, merged.total) == (3, everything.max, everything.count,
+                                                                     everything.total)
 
 
 def test_nanoseconds_are_recorded_as_microseconds():

@@ -17,6 +17,7 @@ import gevent
 from ..protocol import messages
 from .connection import Closed, LoadError, ReplyTimeout, ServerError, SetupFailed
 from .plan import Plan, close_all, stop
+from .ramp import merge_launches
 from .stats import Histogram, describe
 
 NEW_THREAD_CHANCE = 0.1
@@ -45,6 +46,20 @@ class BotStats:
     @property
     def failed(self) -> int:
         return self.post_failures + self.timeouts + self.disconnections
+
+    def state(self) -> dict:
+        return {**{name: getattr(self, name) for name in _COUNTS}, "errors": dict(self.errors),
+                "response": self.response.state()}
+
+    def merge(self, state: dict) -> None:
+        """Add the ``state()`` of another process's bots."""
+        for name in _COUNTS:
+            setattr(self, name, getattr(self, name) + state[name])
+        self.errors.update(state["errors"])
+        self.response.merge(state["response"])
+
+
+_COUNTS = ("posted", "post_failures", "fetch_failures", "timeouts", "disconnections", "subscribe_failures")
 
 
 class Bot:
@@ -186,7 +201,18 @@ def run(plan: Plan) -> dict:
     stop(reporter)
     launch.kill()
     close_all(bot.conn for bot in bots)
+    if plan.spread:
+        return {"part": {"stats": stats.state(), "setup": launch.summary(), "finished": finished}}
     return summarize(opts, stats, launch.summary(), finished)
+
+
+def merge(parts: list[dict], opts) -> dict:
+    """One run's result from the parts of the processes it was spread over."""
+    stats = BotStats()
+    for part in parts:
+        stats.merge(part["stats"])
+    return summarize(opts, stats, merge_launches([part["setup"] for part in parts]),
+                     all(part["finished"] for part in parts))
 
 
 def summarize(opts, stats: BotStats, setup_summary: dict, finished: bool) -> dict:

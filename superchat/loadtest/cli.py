@@ -10,7 +10,7 @@ import time
 
 import gevent
 
-from . import bots, fanout, idle, throughput
+from . import bots, fanout, idle, spread, throughput
 from .connection import SKIPPED, resolve
 from .plan import Plan
 from .ramp import parse_source_addresses
@@ -27,8 +27,9 @@ CPU_BOUND_PERCENT = 90
 
 DESCRIPTION = """\
 Load a SuperChat server (scd or the upstream Go server) over its binary protocol and
-report what it sustained. One process, gevent; every run is bounded: setup must finish
-within --setup-timeout and the whole run within --setup-timeout + --duration.
+report what it sustained. One process, gevent, or several with --processes; every run is
+bounded: setup must finish within --setup-timeout and the whole run within
+--setup-timeout + --duration. It reports its own CPU, and warns when it was the limit.
 
 Scenarios:
   bots        (default) the upstream load test: --clients bots connect, set nicknames, list
@@ -159,6 +160,11 @@ def parser() -> argparse.ArgumentParser:
     option("source-addresses", type=_sources, metavar="LIST",
            help="local addresses to connect from in turn: a,b,c and ranges first-last "
                 "(e.g. 127.0.0.1-127.0.0.40)")
+    option("processes", type=_positive(int), default=1, metavar="N",
+           help=f"spread the sessions over N processes of this tool, for loads one core cannot make "
+                f"({' and '.join(spread.SCENARIOS_SPREAD)}; default 1)")
+    # One of the processes of a spread run: which one (the rest is the run's own options).
+    option("worker", type=_count, help=argparse.SUPPRESS)
     option("json", action="store_true", help="print one JSON document on stdout instead of the summary")
     return p
 
@@ -168,6 +174,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     opts = p.parse_args(argv)
     if opts.min_delay > opts.max_delay:
         p.error("--min-delay must not exceed --max-delay")
+    if opts.processes > 1 and opts.scenario not in spread.SCENARIOS_SPREAD:
+        p.error(f"--processes spreads only {' and '.join(spread.SCENARIOS_SPREAD)}, not {opts.scenario}")
+    if opts.worker is not None and opts.worker >= opts.processes:
+        p.error("--worker must be below --processes")
     return opts
 
 
@@ -176,7 +186,8 @@ def sessions_needed(opts: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    opts = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    opts = parse_args(argv)
     try:
         targets = [resolve(address.strip()) for address in opts.server.split(",")]
     except (ValueError, OSError) as exc:
@@ -186,21 +197,26 @@ def main(argv: list[str] | None = None) -> int:
     if sessions_needed(opts) + SPARE_FILES > open_files:
         print(f"sc-loadtest: warning: {sessions_needed(opts)} sessions but only {open_files} open files allowed",
               file=sys.stderr)
-    plan = Plan(opts, targets, opts.source_addresses)
+    workers = opts.processes if opts.worker is not None else 1
+    plan = Plan(opts, targets, opts.source_addresses, worker=opts.worker or 0, workers=workers)
     wall_started = time.time()
-    watchdog = plan.hard_deadline - time.monotonic() + WATCHDOG_GRACE_SECONDS
-    try:
-        with gevent.Timeout(watchdog):
-            result = SCENARIOS[opts.scenario].run(plan)
-    except gevent.Timeout:
-        result = {"error": "the scenario overran its hard deadline and was abandoned"}
+    if opts.processes > 1 and opts.worker is None:
+        result, client = spread.run(opts, argv, plan.hard_deadline, SCENARIOS[opts.scenario].merge)
+    else:
+        watchdog = plan.hard_deadline - time.monotonic() + WATCHDOG_GRACE_SECONDS
+        try:
+            with gevent.Timeout(watchdog):
+                result = SCENARIOS[opts.scenario].run(plan)
+        except gevent.Timeout:
+            result = {"error": "the scenario overran its hard deadline and was abandoned"}
+        client = {**plan.usage.summary(), "open_files_limit": open_files, "skipped_frames": dict(SKIPPED)}
     document = {
         "scenario": opts.scenario,
         "server": opts.server,
-        "parameters": {key: value for key, value in vars(opts).items() if key != "json"},
+        "parameters": {key: value for key, value in vars(opts).items() if key not in ("json", "worker")},
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall_started)),
         "elapsed_seconds": round(time.monotonic() - plan.started, 3),
-        "client": {**plan.usage.summary(), "open_files_limit": open_files, "skipped_frames": dict(SKIPPED)},
+        "client": client,
         **result,
     }
     if opts.json:
@@ -218,12 +234,19 @@ def render(document: dict) -> list[str]:
         return lines + [f"Error: {document['error']}"]
     lines += SCENARIOS[document["scenario"]].render(document)
     client = document["client"]
-    lines.append(f"Load tool: {client['cpu_seconds']:.1f} s CPU ({client['cpu_percent']}% of one core), "
-                 f"max RSS {client['max_rss_kib']} KiB")
-    if client["window_cpu_percent"] is not None:
-        lines.append(f"  {client['window_cpu_percent']}% of one core while measuring")
+    if "processes" in client:
+        lines.append(f"Load tool: {len(client['processes'])} processes, {client['cpu_seconds']:.1f} s CPU in all, "
+                     f"the busiest at {client['cpu_percent']}% of one core, max RSS {client['max_rss_kib']} KiB")
+        lines.append(f"  while measuring: the busiest at {client['window_cpu_percent']}% of one core, all "
+                     f"together {client['all_window_cpu_percent']}% of one core ({client['cores']} cores)")
+    else:
+        lines.append(f"Load tool: {client['cpu_seconds']:.1f} s CPU ({client['cpu_percent']}% of one core), "
+                     f"max RSS {client['max_rss_kib']} KiB")
+        if client["window_cpu_percent"] is not None:
+            lines.append(f"  {client['window_cpu_percent']}% of one core while measuring")
     if max(client["window_cpu_percent"] or 0, client["cpu_percent"] or 0) > CPU_BOUND_PERCENT:
-        lines.append("  warning: the load tool was CPU bound; figures may show its limit, not the server's")
+        lines.append("  warning: the load tool was CPU bound; figures may show its limit, not the server's "
+                     "(spread it with --processes)")
     if client["skipped_frames"]:
         skipped = ", ".join(f"{name} {n}" for name, n in sorted(client["skipped_frames"].items()))
         lines.append(f"Unsolicited frames skipped: {skipped}")

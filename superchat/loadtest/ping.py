@@ -22,6 +22,7 @@ class Pinger:
         self.sent = 0
         self.received = 0
         self.round_trips = Histogram()
+        self._merged_sessions = 0
         for conn in connections:
             conn.on_pong = self._pong
 
@@ -48,9 +49,19 @@ class Pinger:
         while self.received < self.sent and time.monotonic() < until:
             gevent.sleep(0.01)
 
+    def counts(self) -> dict:
+        return {"sessions": len(self.connections), "sent": self.sent, "received": self.received}
+
+    def merge(self, counts: dict, round_trips: dict) -> None:
+        """Add another process's ``counts()`` and round-trip histogram state."""
+        self._merged_sessions += counts["sessions"]
+        self.sent += counts["sent"]
+        self.received += counts["received"]
+        self.round_trips.merge(round_trips)
+
     def summary(self) -> dict:
-        return {"sessions": len(self.connections), "sent": self.sent, "received": self.received,
-                "lost": self.sent - self.received, **self.round_trips.summary()}
+        return {"sessions": len(self.connections) + self._merged_sessions, "sent": self.sent,
+                "received": self.received, "lost": self.sent - self.received, **self.round_trips.summary()}
 
 
 def ping(conn, timestamp: int) -> bool:

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import gevent
+from gevent.socket import wait_read
 
 from . import connection
 from .ramp import Launch
@@ -18,6 +19,8 @@ from .stats import ClientUsage
 T = TypeVar("T")
 
 PROGRESS_SECONDS = 5.0
+# What a process of a spread run says on stdout once set up; it is answered "go START END" on stdin.
+READY = "ready"
 
 
 @dataclass
@@ -27,6 +30,9 @@ class Plan:
 
     ``targets``: the nodes of one server, in the order given; session ``index`` goes to node
     ``index % len(targets)``, round-robin as a TCP load balancer would spread them.
+
+    With ``--processes`` the run's sessions are spread over ``workers`` processes: this one,
+    number ``worker``, opens every ``workers``-th of them, each under its index in the whole run.
     """
 
     opts: argparse.Namespace
@@ -34,6 +40,8 @@ class Plan:
     sources: list[str] | None
     started: float = field(default_factory=time.monotonic)
     usage: ClientUsage = field(default_factory=ClientUsage)
+    worker: int = 0
+    workers: int = 1
 
     @property
     def setup_deadline(self) -> float:
@@ -56,11 +64,46 @@ class Plan:
         target = self.targets[index % len(self.targets)]
         return connection.open_session(target, source, nickname, self.setup_deadline, self.opts.timeout)
 
+    @property
+    def spread(self) -> bool:
+        return self.workers > 1
+
     def launch(self, count: int, establish: Callable[[int, str | None], T],
                after: Callable[[int, T], None] | None = None, first_source: int = 0) -> Launch[T]:
-        sources = self.sources[first_source:] + self.sources[:first_source] if self.sources else None
-        return Launch(count, self.opts.ramp, self.opts.max_inflight, self.setup_deadline, establish,
-                      sources=sources, after=after)
+        """This process's share of ``count`` sessions; ``establish`` and ``after`` get each one's
+        index in the whole run."""
+        first_source += self.worker
+        sources = None
+        if self.sources:
+            first_source %= len(self.sources)
+            sources = self.sources[first_source:] + self.sources[:first_source]
+
+        def run_index(local: int) -> int:
+            return self.worker + local * self.workers
+
+        def establish_one(local: int, source: str | None) -> T:
+            return establish(run_index(local), source)
+
+        def after_one(local: int, value: T) -> None:
+            assert after is not None
+            after(run_index(local), value)
+
+        share = len(range(self.worker, count, self.workers))
+        return Launch(share, self.opts.ramp / self.workers, self.opts.max_inflight, self.setup_deadline,
+                      establish_one, sources=sources, after=None if after is None else after_one)
+
+    def start_window(self) -> tuple[float, float]:
+        """The measured window, ``(start, end)`` in monotonic seconds, once this process is set up:
+        from now, or, spread over processes, from the moment every process is set up. The monotonic
+        clock is the machine's, the same in every process."""
+        if self.spread:
+            print(READY, flush=True)
+            wait_read(sys.stdin.fileno())
+            started, until = (float(part) for part in sys.stdin.readline().split()[1:3])
+        else:
+            started = time.monotonic()
+            until = started + self.opts.duration
+        return started, min(until, self.hard_deadline)
 
     def progress(self, describe) -> gevent.Greenlet | None:
         """Every few seconds, ``describe()`` on stderr (not with --json, whose stdout is one document)."""

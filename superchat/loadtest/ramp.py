@@ -126,13 +126,31 @@ class Launch(Generic[T]):
         return None if self.established_at is None else self.established_at - self.started_at
 
     def summary(self) -> dict:
-        seconds = self.establish_seconds
-        return {
-            "attempted": self.count,
-            "established": self.established,
-            "failed": sum(self.failures.values()),
-            "failures": dict(self.failures),
-            "failed_stages": dict(self.failed_stages),
-            "establish_seconds": None if seconds is None else round(seconds, 3),
-            "establish_per_second": round(self.established / seconds, 1) if seconds else None,
-        }
+        return _summary(self.count, self.established, self.failures, self.failed_stages, self.establish_seconds)
+
+
+def merge_launches(summaries: list[dict]) -> dict:
+    """One ``Launch.summary()`` from those of the processes a run was spread over, which all
+    started together: the sessions add up, the last to be established ends the establishing."""
+    failures: Counter[str] = Counter()
+    stages: Counter[str] = Counter()
+    for summary in summaries:
+        failures.update(summary["failures"])
+        stages.update(summary["failed_stages"])
+    times = [summary["establish_seconds"] for summary in summaries if summary["establish_seconds"] is not None]
+    return _summary(sum(summary["attempted"] for summary in summaries),
+                    sum(summary["established"] for summary in summaries), failures, stages,
+                    max(times) if times else None)
+
+
+def _summary(attempted: int, established: int, failures: Counter[str], stages: Counter[str],
+             seconds: float | None) -> dict:
+    return {
+        "attempted": attempted,
+        "established": established,
+        "failed": sum(failures.values()),
+        "failures": dict(failures),
+        "failed_stages": dict(stages),
+        "establish_seconds": None if seconds is None else round(seconds, 3),
+        "establish_per_second": round(established / seconds, 1) if seconds else None,
+    }

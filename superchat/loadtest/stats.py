@@ -60,6 +60,22 @@ class Histogram:
         self.count += 1
         self.total += us
 
+    def state(self) -> dict:
+        """Everything the histogram holds, as JSON: another process's figures to merge."""
+        return {"counts": [[index, n] for index, n in self._counts.items()], "count": self.count,
+                "total": self.total, "min": self.min, "max": self.max}
+
+    def merge(self, state: dict) -> None:
+        """Add the samples of ``state()`` of another histogram (of another process)."""
+        if not state["count"]:
+            return
+        for index, n in state["counts"]:
+            self._counts[index] = self._counts.get(index, 0) + n
+        self.min = state["min"] if self.count == 0 else min(self.min, state["min"])
+        self.max = max(self.max, state["max"])
+        self.count += state["count"]
+        self.total += state["total"]
+
     def percentile(self, q: float) -> int | None:
         """The ``q``-th percentile (nearest rank) in microseconds; None when empty."""
         if not self.count:

@@ -11,6 +11,7 @@ from ..protocol import messages
 from .connection import Closed, LoadError, ReplyTimeout, ServerError, SetupFailed, find_channel
 from .ping import PONG_GRACE_SECONDS, Pinger
 from .plan import Plan, close_all, stop
+from .ramp import merge_launches
 from .stats import Histogram, describe
 
 PROBE_INTERVAL_SECONDS = 0.1
@@ -53,7 +54,8 @@ def post_loop(plan: Plan, conn, channel_id: int, index: int, window: AsyncResult
 def run(plan: Plan) -> dict:
     opts = plan.opts
     try:
-        prober = plan.open_session(plan.source(0), "tpprobe")
+        # Spread over processes, each finds the channel for itself; the first one probes.
+        prober = plan.open_session(plan.source(0), f"tpprobe{plan.worker or ''}")
     except SetupFailed as failure:
         return {"error": f"prober could not connect: {failure}"}
     try:
@@ -76,11 +78,11 @@ def run(plan: Plan) -> dict:
     reporter = plan.progress(lambda: f"{launch.established} posters, {tally.acknowledged} posts acknowledged")
     launch.wait_established()
     # Everyone starts together, so the window measures all posters at once rather than a ramp.
+    started, until = plan.start_window()
+    began = time.monotonic()
     plan.usage.begin_window()
-    started = time.monotonic()
-    until = min(started + opts.duration, plan.hard_deadline)
     window.set(until)
-    pinger = Pinger([prober])
+    pinger = Pinger([prober] if plan.worker == 0 else [])
     pinger.run(PROBE_INTERVAL_SECONDS, until)
     launch.join(min(until + opts.timeout, plan.hard_deadline))
     elapsed = time.monotonic() - started
@@ -92,8 +94,18 @@ def run(plan: Plan) -> dict:
     prober.close()
     launch.kill()
 
+    if plan.spread:
+        return {"part": {"posters": launch.summary(), "window_seconds": elapsed, "began": began,
+                         "acknowledged": tally.acknowledged,
+                         "errors": dict(tally.errors), "timeouts": tally.timeouts,
+                         "disconnections": tally.disconnections, "acks": tally.acks.state(),
+                         "ping": pinger.counts(), "round_trips": pinger.round_trips.state()}}
+    return _result(launch.summary(), elapsed, tally, pinger.summary())
+
+
+def _result(posters: dict, elapsed: float, tally: Tally, ping: dict) -> dict:
     return {
-        "posters": launch.summary(),
+        "posters": posters,
         "window_seconds": round(elapsed, 3),
         "posts": {
             "acknowledged": tally.acknowledged,
@@ -103,8 +115,25 @@ def run(plan: Plan) -> dict:
             "disconnections": tally.disconnections,
         },
         "ack": tally.acks.summary(),
-        "ping": pinger.summary(),
+        "ping": ping,
     }
+
+
+def merge(parts: list[dict], opts) -> dict:
+    """One run's result from the parts of the processes it was spread over."""
+    tally, pinger = Tally(), Pinger([])
+    for part in parts:
+        tally.acknowledged += part["acknowledged"]
+        tally.errors.update(part["errors"])
+        tally.timeouts += part["timeouts"]
+        tally.disconnections += part["disconnections"]
+        tally.acks.merge(part["acks"])
+        pinger.merge(part["ping"], part["round_trips"])
+    # The windows are one window, started together: the longest is the run's.
+    elapsed = max(part["window_seconds"] for part in parts)
+    began = [part["began"] for part in parts]
+    return {**_result(merge_launches([part["posters"] for part in parts]), elapsed, tally, pinger.summary()),
+            "windows_apart_ms": round(1000 * (max(began) - min(began)), 1)}
 
 
 def render(result: dict) -> list[str]:
@@ -114,6 +143,8 @@ def render(result: dict) -> list[str]:
     lines += [f"  - {kind}: {count}" for kind, count in sorted(posters["failures"].items())]
     lines.append(f"Posts acknowledged: {posts['acknowledged']} in {result['window_seconds']:.1f} s "
                  f"({posts['per_second']}/s)")
+    if "windows_apart_ms" in result:
+        lines.append(f"  the processes began posting within {result['windows_apart_ms']} ms of each other")
     lines.append(f"Errors: {posts['errors'] or 'none'}, timeouts {posts['timeouts']}, "
                  f"disconnections {posts['disconnections']}")
     lines.append(f"Acknowledgement time: {describe(result['ack'])}")
