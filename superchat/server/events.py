@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING, Any
 
 from ..observability import metrics, trace
@@ -31,6 +31,7 @@ from .event import (
     UserBanned,
     UserDeleted,
 )
+from .fanout import send_all
 from .outbound import expel
 from .permissions import is_admin, is_author
 from .session import Session
@@ -110,11 +111,8 @@ def _audience(ctx: ServerContext, route: Route, key: int | None, private_to: tup
     return chosen
 
 
-def _send_all(audience: Iterable[Session], frame: bytes, type_name: str) -> int:
-    count = 0
-    for session in audience:
-        session.send(frame)
-        count += 1
+def _send_all(audience: Collection[Session], frame: bytes, type_name: str) -> int:
+    count = send_all(audience, frame)
     metrics.frames_sent(type_name, count)
     return count
 
@@ -133,7 +131,7 @@ def _deliver(ctx: ServerContext, event: Delivery, exclude: Session | None, also:
 
 def _channel_created(ctx: ServerContext, event: ChannelCreated, exclude: Session | None, _: Session | None) -> int:
     ctx.store.channels_changed()
-    return _send_all((s for s in _living(ctx) if s is not exclude), event.frame, messages.ChannelCreated.NAME)
+    return _send_all([s for s in _living(ctx) if s is not exclude], event.frame, messages.ChannelCreated.NAME)
 
 
 def _channel_deleted(ctx: ServerContext, event: ChannelDeleted, *_: Session | None) -> int:

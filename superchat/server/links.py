@@ -3,8 +3,9 @@
 A link gives the session loop a blocking ``recv()`` of protocol bytes and the outbound
 queue three ways to write: ``wrap`` (the transport's envelope around one frame, or
 None when frames go out as they are), ``try_write`` (never blocks; says how much the
-transport took) and ``write_all`` (blocks the calling greenlet until written). A link
-whose protocol answers on its own (WebSocket pongs) is given the session's queue by ``bind``.
+transport took) and ``write_all`` (blocks the calling greenlet until written); ``os_socket``
+is the OS socket ``try_write`` writes to, or None where writes go through a library (SSH). A
+link whose protocol answers on its own (WebSocket pongs) is given the session's queue by ``bind``.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ class TcpLink:
     def __init__(self, sock: gevent.socket.socket):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._sock = sock
-        # gevent's socket wraps a non-blocking OS socket; writing to that directly never yields.
-        self._raw = sock._sock
+        # gevent's socket wraps a non-blocking OS socket; writing to that directly never yields,
+        # and another OS thread may write to it (see fanout.py).
+        self.os_socket: socket.socket = sock._sock
 
     def bind(self, send_wrapped) -> None:
         """Where the link's own control messages would go; TCP has none."""
@@ -39,7 +41,7 @@ class TcpLink:
 
     def try_write(self, data: bytes) -> int:
         try:
-            return self._raw.send(data)
+            return self.os_socket.send(data)
         except BlockingIOError:
             return 0
 

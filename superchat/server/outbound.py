@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Collection
 
 from ..observability import metrics, trace
 from ..protocol import ErrorCode, encode_message, messages
 from ..protocol.registry import Message
+from .fanout import send_all
 from .session import Session
 
 
@@ -45,14 +46,11 @@ class Refused(Exception):
         return cls(messages.Error(error_code=int(code), message=text))
 
 
-def broadcast(sessions: Iterable[Session], msg) -> int:
+def broadcast(sessions: Collection[Session], msg) -> int:
     """Deliver one message to many sessions; returns how many it was queued for."""
     started = time.perf_counter()
     frame = encode_message(msg)
-    count = 0
-    for session in sessions:
-        session.send(frame)
-        count += 1
+    count = send_all(sessions, frame)
     metrics.frames_sent(msg.NAME, count)
     if trace.enabled:
         trace.broadcast(frame, count, time.perf_counter() - started)

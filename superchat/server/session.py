@@ -112,15 +112,32 @@ class Session:
         """Queue bytes already in the transport's envelope (a frame, or a WebSocket control message)."""
         if self.closed:
             return
-        if self._flusher is None:
-            try:
-                sent = self.link.try_write(data)
-            except OSError:
-                self.close("write failed")
-                return
-            if sent == len(data):
-                return
-            data = data[sent:]
+        if self._flusher is not None:
+            self._queue(data)
+            return
+        try:
+            sent = self.link.try_write(data)
+        except OSError:
+            self.close("write failed")
+            return
+        self.wrote(data, sent)
+
+    @property
+    def writes_straight(self) -> bool:
+        """Whether a frame for this session goes unchanged straight to an OS socket, which another
+        OS thread may then write (see fanout.py)."""
+        return self._flusher is None and self._wrap is None and not self.closed \
+            and self.link.os_socket is not None
+
+    def wrote(self, data: bytes, sent: int | OSError) -> None:
+        """How much of ``data`` the link took when written straight to it, or why it failed; the
+        rest is queued."""
+        if isinstance(sent, OSError):
+            self.close("write failed")
+        elif sent < len(data):
+            self._queue(data[sent:])
+
+    def _queue(self, data: bytes) -> None:
         self._pending.append(data)
         self._pending_bytes += len(data)
         if self._pending_bytes > MAX_PENDING_BYTES:

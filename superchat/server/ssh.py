@@ -79,6 +79,7 @@ def _create_host_key(path: Path) -> None:
 class SshLink:
     transport = "ssh"
     wrap = None
+    os_socket = None
 
     def __init__(self, channel: paramiko.Channel):
         self._channel = channel

@@ -1,0 +1,137 @@
+"""Posts to audiences large enough to be written from two OS threads (superchat/server/fanout.py):
+every subscriber gets every copy once, whole and in order, whatever its transport; subscribers
+that vanished cost no one else, and those that stopped reading get the rest once they read
+again. Real server, real sockets."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+
+import gevent.socket
+import pytest
+
+from superchat.protocol import encode_message, messages
+from superchat.server.fanout import HELPER_FROM, send_all
+from superchat.server.links import TcpLink
+from superchat.server.session import Session
+from tests.client import Client
+from tests.server_process import free_port
+from tests.websocket_client import WebSocketStream
+
+pytestmark = pytest.mark.timeout(240)
+
+# Enough that each OS thread writes more than HELPER_FROM copies of each post.
+SUBSCRIBERS = 2 * HELPER_FROM + 40
+# What each stalled subscriber is sent: more than the kernel takes, less than would drop it.
+STALLED_BYTES = 3_600_000
+POST_BYTES = 3000
+GENEROUS = {"limits": {"message_rate_limit": 65535, "max_connections_per_ip": 255}}
+
+
+def subscribers(server, count: int, general: int, receive_buffer: int | None = None) -> list[Client]:
+    """``count`` subscribers of ``general`` from two loopback addresses (the per-address cap)."""
+    clients = []
+    for i in range(count):
+        sock = socket.socket()
+        if receive_buffer:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        sock.settimeout(10)
+        sock.bind((f"127.0.0.{2 + i % 2}", 0))
+        sock.connect(("127.0.0.1", server.port))
+        client = Client(0, sock=sock, timeout=10)
+        client.handshake()
+        client.subscribe_channel(general)
+        clients.append(client)
+    return clients
+
+
+def posted_by(poster: Client, general: int, count: int, size: int) -> list[tuple[int, str]]:
+    posts = []
+    for n in range(count):
+        content = f"post {n} " + "x" * (size - 10)
+        posts.append((poster.post(general, content), content))
+    return posts
+
+
+def assert_received(client: Client, posts: list[tuple[int, str]]) -> None:
+    got = [client.expect(messages.NewMessage) for _ in posts]
+    assert [(m.id, m.content) for m in got] == posts
+
+
+def test_a_large_audience_gets_every_post_once_whole_and_in_order_on_every_transport(start_server):
+    server = start_server({**GENEROUS, "server": {"http_port": free_port()}}, ("--disable-directory",))
+    poster = Client(server.port)
+    poster.handshake("poster")
+    general = poster.channel_id("general")
+    tcp = subscribers(server, SUBSCRIBERS, general)
+    web = []
+    for _ in range(3):
+        client = Client(0, sock=WebSocketStream(server.http_port), timeout=10)
+        client.handshake()
+        client.subscribe_channel(general)
+        web.append(client)
+
+    # Some vanish with a reset just before the posts: the writes to them fail, in either thread.
+    vanished = subscribers(server, 12, general)
+    for client in vanished:
+        client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+
+    posts = posted_by(poster, general, 30, 200)
+    for client in tcp + web:
+        assert_received(client, posts)
+        client.assert_silent(0.01)
+    assert "Traceback" not in server.log_text("errors.log")
+
+
+def test_subscribers_that_stopped_reading_get_the_rest_in_order_and_delay_no_one(start_server):
+    server = start_server(GENEROUS)
+    poster = Client(server.port)
+    poster.handshake("poster")
+    general = poster.channel_id("general")
+    # A few subscribers read nothing while the posts go out. Once the kernel holds what it
+    # takes for them (about 3 MB on loopback), each copy is written only in part and the rest
+    # waits in the server's queue, which stays under the 4 MiB that would drop them.
+    stalled = subscribers(server, 20, general, receive_buffer=4096)
+    reading = subscribers(server, SUBSCRIBERS, general)
+
+    posts = []
+    while len(posts) < STALLED_BYTES // POST_BYTES:
+        batch = posted_by(poster, general, 50, POST_BYTES)
+        for client in reading:
+            assert_received(client, batch)
+        posts += batch
+    for client in stalled:
+        assert_received(client, posts)
+        client.assert_silent(0.01)
+
+
+def test_a_write_that_fails_in_either_thread_closes_that_session_alone():
+    listener = gevent.socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(SUBSCRIBERS)
+    peers, sessions = [], []
+    for number in range(SUBSCRIBERS):
+        peer = socket.create_connection(listener.getsockname())
+        connection, address = listener.accept()
+        peers.append(peer)
+        sessions.append(Session(number, address, TcpLink(connection)))
+    # Every seventh peer is gone with a reset, spread over both halves of the audience.
+    gone = set(range(0, SUBSCRIBERS, 7))
+    for number in gone:
+        peers[number].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peers[number].close()
+    time.sleep(0.2)
+    frame = encode_message(messages.Ping(timestamp=7))
+
+    assert send_all(sessions, frame) == SUBSCRIBERS
+    assert [number for number, session in enumerate(sessions) if session.closed] == sorted(gone)
+    assert {sessions[number].close_reason for number in gone} == {"write failed"}
+    for number, peer in enumerate(peers):
+        if number not in gone:
+            peer.settimeout(5)
+            assert peer.recv(len(frame) + 1) == frame
+            peer.close()
+    listener.close()
