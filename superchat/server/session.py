@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections import deque
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 
 import gevent
 
@@ -17,6 +17,7 @@ log = logging.getLogger("superchat.session")
 # A session whose unsent bytes pass this is a reader that stopped reading; it is
 # dropped so that it never holds memory or delays anyone else.
 MAX_PENDING_BYTES = 4 * 1024 * 1024
+NO_IDS: frozenset[int] = frozenset()
 
 
 class Session:
@@ -56,7 +57,8 @@ class Session:
         self.address = address
         self.link = link
         self._wrap = link.wrap
-        self._pending: deque[bytes] = deque()
+        # A list, not a deque: an idle session's empty deque would cost 760 bytes, a list 56.
+        self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._flusher = None
         self.closed = False
@@ -66,8 +68,10 @@ class Session:
         self.user_id: int | None = None
         self.user_flags = 0
         self.joined_channel: int | None = None
-        self.threads: set[int] = set()
-        self.channels: set[int] = set()
+        # Shared and empty until the first subscription: most sessions never subscribe to a
+        # thread, and an empty set costs 216 bytes.
+        self.threads: AbstractSet[int] = NO_IDS
+        self.channels: AbstractSet[int] = NO_IDS
         # Rate windows are created on first use: most sessions never post.
         self.post_window: SlidingWindow | None = None
         self.presence_window: SlidingWindow | None = None
@@ -241,8 +245,8 @@ class SessionRegistry:
         if session.joined_channel is not None:
             _discard(self._channel_members, session.joined_channel, session)
         self.roster_watchers.discard(session)
-        session.threads = set()
-        session.channels = set()
+        session.threads = NO_IDS
+        session.channels = NO_IDS
 
     # -- joined channel --
 
@@ -270,7 +274,7 @@ class SessionRegistry:
     def forget_channel(self, channel_id: int) -> None:
         """Drop every subscription to and membership of a channel that no longer exists."""
         for session in self._channel_subscribers.pop(channel_id, ()):
-            session.channels.discard(channel_id)
+            _discard_id(session.channels, channel_id)
         metrics.channel_subscribers(channel_id, 0)
         for session in self._channel_members.pop(channel_id, ()):
             session.joined_channel = None
@@ -278,28 +282,28 @@ class SessionRegistry:
     # -- subscriptions --
 
     def subscribe_thread(self, session: Session, thread_id: int) -> None:
-        session.threads.add(thread_id)
+        session.threads = _added(session.threads, thread_id)
         self._thread_subscribers.setdefault(thread_id, set()).add(session)
 
     def unsubscribe_thread(self, session: Session, thread_id: int) -> None:
-        session.threads.discard(thread_id)
+        _discard_id(session.threads, thread_id)
         _discard(self._thread_subscribers, thread_id, session)
 
     def subscribe_channel(self, session: Session, channel_id: int) -> None:
-        session.channels.add(channel_id)
+        session.channels = _added(session.channels, channel_id)
         subscribers = self._channel_subscribers.setdefault(channel_id, set())
         subscribers.add(session)
         metrics.channel_subscribers(channel_id, len(subscribers))
 
     def unsubscribe_channel(self, session: Session, channel_id: int) -> None:
-        session.channels.discard(channel_id)
+        _discard_id(session.channels, channel_id)
         self._drop_channel_subscriber(channel_id, session)
 
     def forget_threads(self, thread_ids: Iterable[int]) -> None:
         """Drop the subscriptions of threads that no longer exist."""
         for thread_id in thread_ids:
             for session in self._thread_subscribers.pop(thread_id, ()):
-                session.threads.discard(thread_id)
+                _discard_id(session.threads, thread_id)
 
     def _drop_channel_subscriber(self, channel_id: int, session: Session) -> None:
         metrics.channel_subscribers(channel_id, _discard(self._channel_subscribers, channel_id, session))
@@ -319,6 +323,18 @@ class SessionRegistry:
     def channel_audience(self, channel_id: int) -> set[Session]:
         """Sessions that joined or subscribed to a channel: who hears edits and deletions."""
         return self._channel_members.get(channel_id, set()) | self.channel_subscribers(channel_id)
+
+
+def _added(ids: AbstractSet[int], new: int) -> set[int]:
+    """A session's ids with ``new`` among them: its own set, made at its first subscription."""
+    own = ids if isinstance(ids, set) else set(ids)
+    own.add(new)
+    return own
+
+
+def _discard_id(ids: AbstractSet[int], old: int) -> None:
+    if isinstance(ids, set):
+        ids.discard(old)
 
 
 def _discard(index: dict[int, set[Session]], key: int, session: Session) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Set as AbstractSet
 
 from ...protocol import ErrorCode, encode_message, messages
 from ...storage import ChannelExists
@@ -160,7 +161,7 @@ def subscribe_channel(ctx: ServerContext, session: Session, msg: messages.Subscr
     send(session, messages.SubscribeOk(type=CHANNEL_SUBSCRIPTION, id=msg.channel_id))
 
 
-def _check_room(subscribed: set[int], wanted: int, limit: int, code: ErrorCode, kind: str) -> None:
+def _check_room(subscribed: AbstractSet[int], wanted: int, limit: int, code: ErrorCode, kind: str) -> None:
     """Refuse a new subscription past the per-session limit; renewing one is always fine."""
     if wanted not in subscribed and len(subscribed) >= limit:
         raise Refused.error(code, f"{kind} subscription limit exceeded (max {limit} per session)")
