@@ -44,8 +44,10 @@ SCD = REPO / "bin" / "scd"
 LOADTEST = REPO / "bin" / "sc-loadtest"
 IN_NAMESPACE_FLAG = "--in-namespace"
 
-# 50 loopback source addresses: 10,000 sessions are 200 per address, under scd's cap of 255.
-SOURCE_ADDRESSES = "127.0.0.1-127.0.0.50"
+# 250 loopback source addresses: 50,000 sessions are 200 per address, under scd's cap of 255.
+SOURCE_ADDRESSES = "127.0.0.1-127.0.0.250"
+# Files a server or the tool may hold besides its sessions' sockets.
+SPARE_OPEN_FILES = 1024
 # The load is TCP only: the WebSocket and SSH ports stay shut, so nothing else can be listening there.
 SCD_LIMITS = {"SUPERCHAT_LIMITS_MAX_CONNECTIONS_PER_IP": "255", "SUPERCHAT_LIMITS_MESSAGE_RATE_LIMIT": "65535",
               "SUPERCHAT_SERVER_HTTP_PORT": "0", "SUPERCHAT_SERVER_SSH_PORT": "0"}
@@ -57,6 +59,11 @@ SERVER_STOP_SECONDS = 15.0
 # Past --setup-timeout + --duration the tool abandons its scenario itself; this is its margin.
 TOOL_MARGIN_SECONDS = 60.0
 FANOUT_RATE = 20.0
+# Past this many copies a second the tool's one reading process would be the limit: large
+# audiences get fewer posts a second (1,000 subscribers and more: 20,000 copies/s).
+FANOUT_COPIES_PER_SECOND = 20_000
+# The bots of upstream's own load test: each posts, then waits this long (uniform) before the next.
+BOT_DELAYS = ("50ms", "300ms")
 REPLY_TIMEOUT = "10s"
 
 
@@ -81,15 +88,24 @@ def benchmarks(opts: argparse.Namespace) -> list[Benchmark]:
         plan.append(Benchmark(f"idle-{sessions}", "idle", sessions, max(30.0, 30.0 + sessions / 100), opts.idle_hold,
                               ["--clients", str(sessions), "--ping-sample", "50"]))
     for subscribers in sorted(set(opts.fanout)):
-        plan.append(Benchmark(f"fanout-{subscribers}", "fanout", subscribers, 60.0, opts.fanout_duration,
-                              ["--subscribers", str(subscribers), "--rate", f"{FANOUT_RATE:g}"]))
+        plan.append(Benchmark(f"fanout-{subscribers}", "fanout", subscribers, max(60.0, 30.0 + subscribers / 100),
+                              opts.fanout_duration,
+                              ["--subscribers", str(subscribers), "--rate", f"{fanout_rate(subscribers):g}"]))
     for posters in opts.throughput:
         plan.append(Benchmark(f"throughput-{posters}", "throughput", posters, 60.0, opts.throughput_duration,
                               ["--clients", str(posters), "--processes", str(opts.tool_processes)]))
+    for bots in opts.bots:
+        plan.append(Benchmark(f"bots-{bots}", "bots", bots, max(60.0, 30.0 + bots / 100), opts.bots_duration,
+                              ["--clients", str(bots), "--min-delay", BOT_DELAYS[0], "--max-delay", BOT_DELAYS[1],
+                               "--processes", str(opts.tool_processes)]))
     if opts.only:
         wanted = set(opts.only)
         plan = [bench for bench in plan if bench.name in wanted or bench.scenario in wanted]
     return plan
+
+
+def fanout_rate(subscribers: int) -> float:
+    return min(FANOUT_RATE, round(FANOUT_COPIES_PER_SECOND / subscribers, 2))
 
 
 # -- the servers --
@@ -99,6 +115,19 @@ def _raise_open_files() -> None:
     """In the server's child process before exec: soft RLIMIT_NOFILE up to the hard limit."""
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def raise_open_files_limit(plan: list[Benchmark]) -> None:
+    """The hard RLIMIT_NOFILE of this run (inherited by the servers and the tool) raised to what
+    its largest benchmark needs, where that is allowed (as root, up to fs.nr_open)."""
+    needed = max((bench.size for bench in plan), default=0) + SPARE_OPEN_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, needed))
+        except (ValueError, OSError) as exc:
+            print(f"bench: cannot raise the open-files limit from {hard} to {needed} ({exc}): the largest "
+                  "benchmarks will not seat every session", file=sys.stderr)
 
 
 class Server:
@@ -401,6 +430,10 @@ def headline(record: dict) -> str:
         d, last = result["deliveries"], result["last_subscriber_latency"]
         return (f"{d['delivered']}/{d['expected']} delivered, last-subscriber p50 {last['p50_ms']} "
                 f"p99 {last['p99_ms']} ms")
+    if record["scenario"] == "bots":
+        msgs, response = result["messages"], result["response"]
+        return (f"{msgs['per_second']} posts/s, {result['expected']['efficiency_percent']} % of the offered load, "
+                f"response mean {response['mean_ms']} p99 {response['p99_ms']} ms")
     posts = result["posts"]
     return f"{posts['per_second']} posts/s, ack p99 {result['ack']['p99_ms']} ms, errors {posts['errors']}"
 
@@ -434,6 +467,16 @@ def rows_for(bench: str, scenario: str, result: dict, stats: dict) -> list[tuple
             ("last-subscriber p50/p95/p99/max (ms)", _latencies(last)),
             ("server's own broadcast time, mean (ms)", _ms(broadcast)),
             ("post acknowledgement p50/p99 (ms)", _latencies(posts["ack"], ("p50", "p99"))),
+        ]
+    elif scenario == "bots":
+        clients, msgs, expected = result["clients"], result["messages"], result["expected"]
+        failures = {**msgs["errors"], **{kind: msgs[kind] for kind in ("timeouts", "disconnections") if msgs[kind]},
+                    **result["connection_failures"]}
+        rows += [
+            ("bots established / attempted", f"{clients['successful']} / {clients['attempted']}"),
+            ("posts/s (of the load offered)", f"{msgs['per_second']} ({expected['efficiency_percent']} %)"),
+            ("failures", _failures(failures)),
+            ("response mean / p50 / p99 (ms)", _latencies(result["response"], ("mean", "p50", "p99"))),
         ]
     else:
         posts, ping = result["posts"], result["ping"]
@@ -559,11 +602,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--throughput", type=_sizes, default=[50, 200], metavar="N,N",
                    help="closed-loop poster counts (default 50,200)")
     p.add_argument("--throughput-duration", type=float, default=20.0, metavar="S", help="seconds of posting (20)")
+    p.add_argument("--bots", type=_sizes, default=[300], metavar="N,N",
+                   help=f"bot counts of upstream's load test, each posting every {BOT_DELAYS[0]}-{BOT_DELAYS[1]} "
+                        "(default 300)")
+    p.add_argument("--bots-duration", type=float, default=60.0, metavar="S", help="seconds the bots run (60)")
     p.add_argument("--tool-processes", type=int, default=2, metavar="N",
-                   help="processes the load tool spreads the posters over, so that one core is not the limit of "
-                        "what it measures (default 2)")
+                   help="processes the load tool spreads the posters and bots over, so that one core is not the "
+                        "limit of what it measures (default 2)")
     p.add_argument("--only", type=lambda text: text.split(","), metavar="NAME,...",
-                   help="only these benchmarks (idle-1000, fanout-100, ...) or scenarios (idle, fanout, throughput)")
+                   help="only these benchmarks (idle-1000, fanout-100, ...) or scenarios (idle, fanout, "
+                        "throughput, bots)")
     p.add_argument("--quick", action="store_true", help="a small, short smoke run of the whole pipeline")
     p.add_argument("--output", type=Path, metavar="FILE", help="results file (default bench/results/<date>.json)")
     p.add_argument("--no-namespace", action="store_true", help="run on loopback here; skips the upstream server")
@@ -574,8 +622,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument(IN_NAMESPACE_FLAG, action="store_true", help=argparse.SUPPRESS)
     opts = p.parse_args(argv)
     if opts.quick:
-        opts.idle, opts.fanout, opts.throughput = [100, 300], [10, 50], [5]
-        opts.idle_hold = opts.fanout_duration = opts.throughput_duration = 3.0
+        opts.idle, opts.fanout, opts.throughput, opts.bots = [100, 300], [10, 50], [5], [10]
+        opts.idle_hold = opts.fanout_duration = opts.throughput_duration = opts.bots_duration = 3.0
     if opts.upstream_binary:
         opts.upstream_binary = os.path.abspath(opts.upstream_binary)
         if not os.access(opts.upstream_binary, os.X_OK):
@@ -621,6 +669,7 @@ def main(argv: list[str]) -> int:
 
     servers = ["scd"] + (["upstream"] if upstream else [])
     plan = benchmarks(opts)
+    raise_open_files_limit(plan)
     output = opts.output or results_path()
     document = {
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -628,7 +677,9 @@ def main(argv: list[str]) -> int:
         "network_namespace": isolated,
         "machine": machine(upstream),
         "servers": servers,
-        "settings": {"source_addresses": SOURCE_ADDRESSES, "fanout_rate": FANOUT_RATE, "scd_env": SCD_LIMITS,
+        "settings": {"source_addresses": SOURCE_ADDRESSES, "fanout_rate": FANOUT_RATE,
+                     "fanout_copies_per_second": FANOUT_COPIES_PER_SECOND, "bot_delays": BOT_DELAYS,
+                     "scd_env": SCD_LIMITS,
                      "benchmarks": [vars(bench) for bench in plan]},
         "runs": [],
     }
