@@ -127,7 +127,7 @@ def raise_open_files_limit(plan: list[Benchmark]) -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (soft, needed))
         except (ValueError, OSError) as exc:
             print(f"bench: cannot raise the open-files limit from {hard} to {needed} ({exc}): the largest "
-                  "benchmarks will not seat every session", file=sys.stderr)
+                  "benchmarks may not seat every session", file=sys.stderr)
 
 
 class Server:

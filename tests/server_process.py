@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -95,6 +96,8 @@ class ServerProcess:
         self.config_path = root / "config.toml"
         self.args = args
         self.env_overrides: dict[str, str] = {}
+        # The open-files limit to start scd with (soft and hard), or None for this process's own.
+        self.open_files: int | None = None
         root.mkdir(parents=True, exist_ok=True)
         self.write_config(settings or {})
         self.proc: subprocess.Popen | None = None
@@ -143,6 +146,9 @@ class ServerProcess:
     def env(self) -> dict:
         return {**isolated_env(self.root), **self.env_overrides}
 
+    def _limit_open_files(self) -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, self.open_files))
+
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.output = []
         self.proc = subprocess.Popen(
@@ -151,6 +157,7 @@ class ServerProcess:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            preexec_fn=None if self.open_files is None else self._limit_open_files,
         )
         started = threading.Event()
 

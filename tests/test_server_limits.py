@@ -9,6 +9,7 @@ import pytest
 from superchat.protocol import ErrorCode, compress_payload, encode_frame, encode_message, encode_payload
 from superchat.protocol import messages as m
 from tests.client import Client, ConnectionClosed
+from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -216,3 +217,33 @@ def test_a_reader_that_stops_reading_is_dropped_without_delaying_others(start_se
                 assert reader.expect(m.NewMessage, timeout=20).content.startswith(f"{batch:02d}{i:02d}")
     stalled.close()
     server.wait_for_log("outbound queue overflow")
+
+
+def test_past_the_open_files_limit_connections_wait_and_open_sessions_go_on(tmp_path):
+    server = ServerProcess(tmp_path / "scd", {"limits": {"max_connections_per_ip": 255}})
+    server.open_files = 128
+    server.start()
+    try:
+        assert any("Open files: up to 128," in line for line in server.output)
+        first = Client(server.port)
+        first.handshake("first")
+        # More connections than the process has files for: the rest wait in the backlog.
+        waiting = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(160)]
+        time.sleep(1)
+        first.send(m.Ping(timestamp=1))
+        assert first.expect(m.Pong).client_timestamp == 1
+        for sock in waiting[:100]:
+            sock.close()
+        late = Client(server.port, timeout=10)
+        late.handshake("late")
+        late.send(m.Ping(timestamp=2))
+        assert late.expect(m.Pong).client_timestamp == 2
+        errors = server.log_text("errors.log")
+        assert errors.count(f"Cannot accept connections on port {server.port}: Too many open files "
+                            "(open files limit 128)") == 1, errors
+        assert f"Accepting connections on port {server.port} again" in server.log_text("server.log")
+        assert "Traceback" not in errors + "\n".join(server.output)
+        for sock in waiting[100:]:
+            sock.close()
+    finally:
+        server.kill()

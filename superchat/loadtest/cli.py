@@ -10,11 +10,11 @@ import time
 
 import gevent
 
+from ..open_files import raise_open_files_limit
 from . import bots, fanout, idle, spread, throughput
 from .connection import SKIPPED, resolve
 from .plan import Plan
 from .ramp import parse_source_addresses
-from .system import raise_open_files_limit
 
 SCENARIOS = {"bots": bots, "idle": idle, "fanout": fanout, "throughput": throughput}
 # Past the hard deadline the scenario is abandoned; this is how long it gets to wind down first.

@@ -15,6 +15,7 @@ from ..config import Config, masked_url
 from ..observability import metrics
 from ..observability.http import Health, metrics_app
 from ..observability.profiling import enable_block_profiling, profiling_app
+from ..open_files import raise_open_files_limit
 from ..protocol import flags, messages
 from ..storage import StorageError, Store
 from . import events
@@ -25,6 +26,7 @@ from .directory import Directory
 from .event import ThreadsExpired
 from .handlers.channels import CHANNEL_CREATE_WINDOW_SECONDS
 from .intake import PartialFrameMemory
+from .listener import Listener
 from .outbound import broadcast
 from .passwords import LoginThrottle
 from .reconcile import Reconciler
@@ -100,7 +102,7 @@ class Server:
         self._background: list[gevent.Greenlet] = []
 
     def _client_listener(self, port: int, handler) -> StreamServer:
-        return StreamServer(
+        return Listener(
             (self.config.bind_address, port),
             handler,
             backlog=ACCEPT_BACKLOG,
@@ -125,6 +127,7 @@ class Server:
         return self._listener.server_port
 
     def start(self) -> None:
+        open_files = raise_open_files_limit()
         # Expired messages are gone before the first client can list them.
         self.delete_expired_messages()
         self._metrics_http.start()
@@ -141,6 +144,8 @@ class Server:
         self._listener.start()
         log.info("Server started on port %d", self.port)
         log.info("Database: %s", self.ctx.store.location)
+        log.info("Open files: up to %d, which bounds the sessions (each holds one; LimitNOFILE= or ulimit -n "
+                 "raise it)", open_files)
         self._background.append(gevent.spawn(self._retention_loop))
         self._background.append(gevent.spawn(self._database_size_loop))
         if self.ctx.cluster.shared:

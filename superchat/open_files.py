@@ -1,0 +1,18 @@
+"""The process's open-files limit, which bounds its sessions: each holds one file (its socket)."""
+
+from __future__ import annotations
+
+import resource
+
+
+def raise_open_files_limit() -> int:
+    """Lift this process's RLIMIT_NOFILE soft limit to the hard limit (as Go programs do at start);
+    returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
