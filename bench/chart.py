@@ -80,6 +80,12 @@ def draw(document: dict, output: Path = DEFAULT_OUTPUT) -> Path:
             "load tool on the same machine, loopback")
     fig.text(0.01, 0.01, note, fontsize=7, color="#555555")
     fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return save(fig, output)
+
+
+def save(fig, output: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(output)
     plt.close(fig)

@@ -6,7 +6,7 @@
 Reads the fan-out and idle runs of one or more results files of ``bench/run.py`` (a later file's
 run of the same benchmark and server replaces an earlier one), prints per server and size the
 server's own broadcast time per delivery and its memory per session, and draws both against the
-size on log-log axes beside a line of slope one through the scd points: costs that grow linearly
+size on log-log axes beside a line of slope one through scd's middle point: costs that grow linearly
 run parallel to it. Needs matplotlib (bench/requirements.txt) for the chart only.
 """
 
@@ -16,6 +16,8 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import chart
 
 BENCH = Path(__file__).resolve().parent
 DEFAULT_OUTPUT = BENCH / "scaling.png"
@@ -74,8 +76,9 @@ def draw(found: dict[str, dict[str, dict[int, float]]], output: Path) -> Path:
         ours = found[figure].get("scd")
         if ours:
             sizes = sorted(ours)
-            # Slope one through scd's largest point: linear growth runs parallel to it.
-            per_unit = ours[sizes[-1]] / sizes[-1]
+            # Slope one through scd's middle point: linear growth runs parallel to it.
+            middle = sizes[len(sizes) // 2]
+            per_unit = ours[middle] / middle
             ax.plot([sizes[0], sizes[-1]], [per_unit * sizes[0], per_unit * sizes[-1]], linestyle=":",
                     color="#777777", label="linear (slope 1)")
         ax.set_xscale("log")
@@ -89,10 +92,7 @@ def draw(found: dict[str, dict[str, dict[int, float]]], output: Path) -> Path:
         ax.grid(True, which="minor", alpha=0.15)
         ax.legend(loc="upper left")
     fig.tight_layout()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(output)
-    plt.close(fig)
-    return output
+    return chart.save(fig, output)
 
 
 def main(argv: list[str]) -> int:
