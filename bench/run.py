@@ -633,8 +633,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def print_report(document: dict, markdown: bool) -> None:
     print(table(document, markdown))
-    print()
-    print(sweep_table(document, markdown))
+    if any(run["scenario"] == "fanout" for run in document["runs"]):
+        print()
+        print(sweep_table(document, markdown))
 
 
 def main(argv: list[str]) -> int:
