@@ -5,6 +5,11 @@ from __future__ import annotations
 import resource
 
 
+def open_files_limit() -> int:
+    """The open-files limit in force (RLIMIT_NOFILE's soft limit)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def raise_open_files_limit() -> int:
     """Lift this process's RLIMIT_NOFILE soft limit to the hard limit (as Go programs do at start);
     returns the limit now in force."""
@@ -12,7 +17,6 @@ def raise_open_files_limit() -> int:
     if hard != soft:
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-            soft = hard
         except (ValueError, OSError):
             pass
-    return soft
+    return open_files_limit()

@@ -96,8 +96,10 @@ _helper: _Helper | None = None
 
 def send_all(audience: Collection[Session], frame: bytes) -> int:
     """Send ``frame`` to every session of ``audience``; returns how many that was."""
-    straight = [session for session in audience if session.writes_straight] \
-        if len(audience) >= HELPER_FROM and _SEVERAL_CORES and not trace.enabled else []
+    straight: list[Session] = []
+    # With the DEBUG lines on, each frame out is told session by session, on the hub.
+    if len(audience) >= HELPER_FROM and _SEVERAL_CORES and not trace.enabled:
+        straight = [session for session in audience if session.writes_straight]
     if len(straight) < HELPER_FROM:
         for session in audience:
             session.send(frame)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import errno
 import logging
-import resource
 import time
 
 import gevent
 from gevent.server import StreamServer
+
+from ..open_files import open_files_limit
 
 log = logging.getLogger("superchat.server")
 
@@ -45,9 +46,9 @@ class Listener(StreamServer):
     def _pause(self, exc: OSError) -> None:
         if self._out_of_files_since is None:
             self._out_of_files_since = time.monotonic()
-            limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
             log.error("Cannot accept connections on port %d: %s (open files limit %d): new connections wait "
-                      "until sessions end; raise LimitNOFILE= or ulimit -n", self.server_port, exc.strerror, limit)
+                      "until sessions end; raise LimitNOFILE= or ulimit -n", self.server_port, exc.strerror,
+                      open_files_limit())
         self.stop_accepting()
         if self._retry is None:
             self._retry = gevent.spawn_later(RETRY_SECONDS, self._resume)

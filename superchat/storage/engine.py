@@ -45,6 +45,11 @@ def clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def in_dialect(sql: str, dialect: str) -> str:
+    """Literal SQL written with SQLite's "?" placeholders, as ``dialect``'s driver takes them."""
+    return sql if dialect == "sqlite" else sql.replace("?", "%s")
+
+
 def all_rows(query: peewee.BaseQuery, db: peewee.Database) -> list[tuple]:
     # Draining the cursor ends SQLite's implicit read transaction at once, so the reader never
     # pins an old WAL snapshot between calls.

@@ -7,7 +7,7 @@ from dataclasses import replace
 import peewee
 from peewee import fn
 
-from .engine import Connections, all_rows, clock_ms, storage_errors
+from .engine import Connections, all_rows, clock_ms, in_dialect, storage_errors
 from .models import MESSAGE_COLUMNS, Channel, Message
 from .rows import Expired, MessageRow, Viewer
 
@@ -27,14 +27,14 @@ def _shown_to(viewer: Viewer | None, message: MessageRow) -> bool:
 # The two reads every client makes all the time, a page of roots and one message, in literal SQL on
 # the bare driver connection: building the equivalent peewee query and reading its rows through
 # the model took longer than the database took to run it (profiled under upstream's bots load
-# test). Written with "?", and given to PostgreSQL with "%s".
+# test).
 _COLUMNS = ", ".join(f'"m"."{field.column_name}"' for field in MESSAGE_COLUMNS)
 _SHADOWED = [field.name for field in MESSAGE_COLUMNS].index("shadowed")
 _REPLY_COUNT = ('(SELECT COUNT(*) FROM "Message" AS "reply" WHERE "reply"."parent_id" = "m"."id"'
                 ' AND "reply"."deleted_at" IS NULL AND "reply"."shadowed" = ?)')
 _ONE_MESSAGE = (f'SELECT {_COLUMNS}, CASE WHEN "m"."parent_id" IS NULL THEN {_REPLY_COUNT} ELSE 0 END'
                 ' FROM "Message" AS "m" WHERE "m"."id" = ?')
-_ONE_MESSAGE_IN = {"sqlite": _ONE_MESSAGE, "postgresql": _ONE_MESSAGE.replace("?", "%s")}
+_ONE_MESSAGE_IN = {dialect: in_dialect(_ONE_MESSAGE, dialect) for dialect in ("sqlite", "postgresql")}
 
 
 @functools.cache
@@ -51,8 +51,7 @@ def _root_page(dialect: str, in_subchannel: bool, viewer: str | None, bound: str
     if bound is not None:
         sql.append(f' AND "m"."id" {bound} ?')
     sql.append(f' ORDER BY "m"."id" {"DESC" if newest_first else "ASC"} LIMIT ?')
-    text = "".join(sql)
-    return text if dialect == "sqlite" else text.replace("?", "%s")
+    return in_dialect("".join(sql), dialect)
 
 
 def _message_rows(db: peewee.Database, sql: str, params: list) -> list[MessageRow]:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import psycopg2
 
-from .engine import DRIVER_ERRORS, Connections, clock_ms, storage_errors
+from .engine import DRIVER_ERRORS, Connections, clock_ms, in_dialect, storage_errors
 from .rows import MAX_STORED_INTEGER, MessageRow, NewPost, PostRejected, StorageError
 
 
@@ -36,10 +36,10 @@ _SQLITE_POSTS = _PostStatements(
 
 _POSTGRESQL_POSTS = _PostStatements(
     begin="BEGIN",
-    parent_thread=_SQLITE_POSTS.parent_thread.replace("?", "%s"),
-    insert_message=_SQLITE_POSTS.insert_message.replace("?", "%s") + " RETURNING id",
+    parent_thread=in_dialect(_SQLITE_POSTS.parent_thread, "postgresql"),
+    insert_message=in_dialect(_SQLITE_POSTS.insert_message, "postgresql") + " RETURNING id",
     returns_id=True,
-    root_of_itself=_SQLITE_POSTS.root_of_itself.replace("?", "%s"),
+    root_of_itself=in_dialect(_SQLITE_POSTS.root_of_itself, "postgresql"),
 )
 
 
