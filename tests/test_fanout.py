@@ -1,7 +1,8 @@
 """Posts to audiences large enough to be written from two OS threads (superchat/server/fanout.py):
 every subscriber gets every copy once, whole and in order, whatever its transport; subscribers
 that vanished cost no one else, and those that stopped reading get the rest once they read
-again. Real server, real sockets."""
+again. What a round of acknowledgements sends goes out as one write per session. Real server,
+real sockets."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ import socket
 import struct
 import time
 
+import gevent
 import gevent.socket
 import pytest
 
 from superchat.protocol import encode_message, messages
-from superchat.server.fanout import HELPER_FROM, send_all
+from superchat.server.fanout import HELPER_FROM, send_all, timed, writes_together
 from superchat.server.links import TcpLink
 from superchat.server.session import Session
 from tests.client import Client
@@ -108,30 +110,127 @@ def test_subscribers_that_stopped_reading_get_the_rest_in_order_and_delay_no_one
         client.assert_silent(0.01)
 
 
-def test_a_write_that_fails_in_either_thread_closes_that_session_alone():
+class CountedLink(TcpLink):
+    """A TCP link that counts the writes the session makes to it."""
+
+    def __init__(self, sock):
+        super().__init__(sock)
+        self.writes = 0
+
+    def try_write(self, data: bytes) -> int:
+        self.writes += 1
+        return super().try_write(data)
+
+
+def connected_sessions(count: int, link=TcpLink):
+    """``count`` sessions over real loopback sockets, and the client end of each."""
     listener = gevent.socket.socket()
     listener.bind(("127.0.0.1", 0))
-    listener.listen(SUBSCRIBERS)
+    listener.listen(count)
     peers, sessions = [], []
-    for number in range(SUBSCRIBERS):
+    for number in range(count):
         peer = socket.create_connection(listener.getsockname())
         connection, address = listener.accept()
         peers.append(peer)
-        sessions.append(Session(number, address, TcpLink(connection)))
+        sessions.append(Session(number, address, link(connection)))
+    listener.close()
+    return peers, sessions
+
+
+def received(peer: socket.socket, size: int) -> bytes:
+    peer.settimeout(5)
+    data = b""
+    while len(data) < size:
+        chunk = peer.recv(size - len(data))
+        assert chunk, f"connection ended after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
+def nothing_arrived(peer: socket.socket) -> bool:
+    peer.setblocking(False)
+    try:
+        peer.recv(1)
+    except BlockingIOError:
+        return True
+    finally:
+        peer.setblocking(True)
+    return False
+
+
+def ping(n: int) -> bytes:
+    return encode_message(messages.Ping(timestamp=n))
+
+
+def test_what_a_round_sends_goes_out_as_one_write_per_session_in_order():
+    peers, sessions = connected_sessions(3, CountedLink)
+    poster = sessions[0]
+    observed: list[float] = []
+
+    with writes_together():
+        poster.send(ping(1))  # the acknowledgement
+        send_all(sessions, ping(2))  # the broadcast, the poster among its audience
+        timed(3 * len(ping(2)), 0.25, observed.append)
+    send_all(sessions[1:], ping(3))  # another greenlet woken by the round
+    assert all(nothing_arrived(peer) for peer in peers)
+    assert observed == []
+
+    gevent.sleep(0)  # the hub runs its callbacks: the round ends
+    assert received(peers[0], 2 * len(ping(1))) == ping(1) + ping(2)
+    for peer in peers[1:]:
+        assert received(peer, 2 * len(ping(2))) == ping(2) + ping(3)
+    assert [session.link.writes for session in sessions] == [1, 1, 1]
+    # The broadcast's time is the time it took to queue plus its share of the round's write.
+    assert len(observed) == 1 and observed[0] > 0.25
+
+    # Outside a round each frame is written at once.
+    send_all(sessions, ping(4))
+    assert [session.link.writes for session in sessions] == [2, 2, 2]
+    timed(10, 0.5, observed.append)
+    assert observed[1] == 0.5
+    for peer in peers:
+        assert received(peer, len(ping(4))) == ping(4)
+        peer.close()
+
+
+def test_a_session_told_to_go_in_a_round_gets_what_it_was_sent_then_the_end():
+    peers, sessions = connected_sessions(2)
+    with writes_together():
+        send_all(sessions, ping(1))
+        sessions[0].send(ping(2))
+        sessions[0].finish("account banned")
+        assert sessions[0].closed
+    gevent.sleep(0)
+    assert received(peers[0], 2 * len(ping(1))) == ping(1) + ping(2)
+    assert peers[0].recv(1) == b""
+    assert received(peers[1], len(ping(1))) == ping(1)
+    assert not sessions[1].closed
+
+
+@pytest.mark.parametrize("in_a_round", [False, True], ids=["at-once", "in-a-round"])
+def test_a_write_that_fails_in_either_thread_closes_that_session_alone(in_a_round):
+    peers, sessions = connected_sessions(SUBSCRIBERS)
     # Every seventh peer is gone with a reset, spread over both halves of the audience.
     gone = set(range(0, SUBSCRIBERS, 7))
     for number in gone:
         peers[number].setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         peers[number].close()
     time.sleep(0.2)
-    frame = encode_message(messages.Ping(timestamp=7))
+    frame = ping(7)
+    expected = frame
 
-    assert send_all(sessions, frame) == SUBSCRIBERS
+    if in_a_round:
+        with writes_together():
+            assert send_all(sessions, frame) == SUBSCRIBERS
+            assert send_all(sessions, ping(8)) == SUBSCRIBERS
+        expected += ping(8)
+        gevent.sleep(0)
+    else:
+        assert send_all(sessions, frame) == SUBSCRIBERS
     assert [number for number, session in enumerate(sessions) if session.closed] == sorted(gone)
     assert {sessions[number].close_reason for number in gone} == {"write failed"}
     for number, peer in enumerate(peers):
         if number not in gone:
-            peer.settimeout(5)
-            assert peer.recv(len(frame) + 1) == frame
+            assert received(peer, len(expected)) == expected
+            assert nothing_arrived(peer)
             peer.close()
-    listener.close()

@@ -9,6 +9,7 @@ whole cluster.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..observability import metrics, trace
 from ..protocol import encode_message, messages
 from . import bans as banlist
+from . import fanout
 from .event import (
     BansLifted,
     ChannelCreated,
@@ -31,7 +33,6 @@ from .event import (
     UserBanned,
     UserDeleted,
 )
-from .fanout import send_all
 from .outbound import expel
 from .permissions import is_admin, is_author
 from .session import Session
@@ -79,12 +80,18 @@ def _send_delivery(audience: list[Session], type_name: str, post: tuple[str, int
                    frame: bytes) -> int:
     started = time.perf_counter()
     recipients = _send_all(audience, frame, type_name)
+    if post is not None or (trace.enabled and frame):
+        fanout.timed(recipients * len(frame), time.perf_counter() - started,
+                     functools.partial(_delivered, post, frame, recipients))
+    return recipients
+
+
+def _delivered(post: tuple[str, int, int | None] | None, frame: bytes, recipients: int, seconds: float) -> None:
     if post is not None:
         kind, channel_id, thread_id = post
-        metrics.message_broadcast(kind, channel_id, thread_id, recipients, time.perf_counter() - started)
+        metrics.message_broadcast(kind, channel_id, thread_id, recipients, seconds)
     if trace.enabled and frame:
-        trace.broadcast(frame, recipients, time.perf_counter() - started)
-    return recipients
+        trace.broadcast(frame, recipients, seconds)
 
 
 def _audience(ctx: ServerContext, route: Route, key: int | None, private_to: tuple[int | None, str] | None,
@@ -112,7 +119,7 @@ def _audience(ctx: ServerContext, route: Route, key: int | None, private_to: tup
 
 
 def _send_all(audience: Collection[Session], frame: bytes, type_name: str) -> int:
-    count = send_all(audience, frame)
+    count = fanout.send_all(audience, frame)
     metrics.frames_sent(type_name, count)
     return count
 

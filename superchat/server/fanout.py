@@ -1,4 +1,13 @@
-"""One frame to many sessions, written from two cores when the audience is large.
+"""Frames to many sessions: one write per session for each round of acknowledgements, and the
+writing spread over two cores when the audience is large.
+
+A group commit acknowledges a batch of posts at once, and each greenlet it wakes sends its
+acknowledgement and its broadcast. Inside ``writes_together`` and until those greenlets have
+all run (one round of the hub's callbacks), what they send is held in the sessions' queues;
+then each session gets one write of all it was sent: a subscriber of a channel that had five
+of the batch's posts gets them in one system call, a poster its acknowledgement and its own
+post in one. A round lasts as long as the handling of its batch, so nothing waits longer than
+the last acknowledgement of the batch would have.
 
 A delivery costs one ``send`` system call, most of it the kernel's work on the receiver's
 socket, which runs without the interpreter lock. So for a large audience an OS thread of
@@ -14,17 +23,19 @@ it is given; what it could not write is queued by the hub afterwards, in the ses
 from __future__ import annotations
 
 import os
-from collections.abc import Collection, Sequence
+import time
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+import gevent
 from gevent import monkey
 
 from ..observability import trace
+from .session import HELD, Session
 
 if TYPE_CHECKING:
     import socket
-
-    from .session import Session
 
 # Below this many straight writes, waking the helper costs more than it saves.
 HELPER_FROM = 128
@@ -34,7 +45,7 @@ _native_lock = monkey.get_original("_thread", "allocate_lock")
 
 
 class _Helper:
-    """An OS thread that writes one frame to a list of sockets when told to."""
+    """An OS thread that writes to a list of sockets, each its own bytes, when told to."""
 
     def __init__(self) -> None:
         self._work = _native_lock()
@@ -42,13 +53,13 @@ class _Helper:
         self._work.acquire()
         self._done.acquire()
         self._sockets: Sequence[socket.socket] = ()
-        self._frame = b""
+        self._data: Sequence[bytes] = ()
         self.results: list[int | OSError] = []
         self._failure: BaseException | None = None
         _start_thread(self._run, ())
 
-    def start(self, sockets: Sequence[socket.socket], frame: bytes) -> None:
-        self._sockets, self._frame = sockets, frame
+    def start(self, sockets: Sequence[socket.socket], data: Sequence[bytes]) -> None:
+        self._sockets, self._data = sockets, data
         self._work.release()
 
     def wait(self) -> list[int | OSError]:
@@ -62,20 +73,20 @@ class _Helper:
         while True:
             self._work.acquire()
             try:
-                self.results = write_each(self._sockets, self._frame)
+                self.results = write_each(self._sockets, self._data)
             except BaseException as exc:  # raised on the hub instead, which would otherwise wait forever
                 self._failure = exc
             finally:
-                self._sockets = ()
+                self._sockets, self._data = (), ()
                 self._done.release()
 
 
-def write_each(sockets: Sequence[socket.socket], frame: bytes) -> list[int | OSError]:
-    """What each socket took of ``frame`` (never blocking), or why it failed."""
+def write_each(sockets: Sequence[socket.socket], data: Sequence[bytes]) -> list[int | OSError]:
+    """What each socket took of its bytes (never blocking), or why it failed."""
     results: list[int | OSError] = []
-    for sock in sockets:
+    for sock, chunk in zip(sockets, data, strict=True):
         try:
-            results.append(sock.send(frame))
+            results.append(sock.send(chunk))
         except BlockingIOError:
             results.append(0)
         except OSError as exc:
@@ -98,27 +109,98 @@ def send_all(audience: Collection[Session], frame: bytes) -> int:
     """Send ``frame`` to every session of ``audience``; returns how many that was."""
     straight: list[Session] = []
     # With the DEBUG lines on, each frame out is told session by session, on the hub.
-    if len(audience) >= HELPER_FROM and _SEVERAL_CORES and not trace.enabled:
+    if len(audience) >= HELPER_FROM and _SEVERAL_CORES and not trace.enabled and not HELD.holding:
         straight = [session for session in audience if session.writes_straight]
     if len(straight) < HELPER_FROM:
         for session in audience:
             session.send(frame)
         return len(audience)
-    mine, theirs = straight[:len(straight) // 2], straight[len(straight) // 2:]
-    helper = _the_helper()
-    helper.start([session.link.os_socket for session in theirs], frame)
+    if len(straight) < len(audience):
+        writes_straight = set(straight)
+        for session in audience:
+            if session not in writes_straight:
+                session.send(frame)
+    _write_from_two_threads(straight, [frame] * len(straight))
+    return len(audience)
+
+
+@contextmanager
+def writes_together() -> Iterator[None]:
+    """Hold what is sent from here until the greenlets woken inside the block have run, then write
+    each session's share at once."""
+    HELD.holding = True
     try:
-        my_results = write_each([session.link.os_socket for session in mine], frame)
-        if len(straight) < len(audience):
-            writes_straight = set(straight)
-            for session in audience:
-                if session not in writes_straight:
-                    session.send(frame)
+        yield
+    finally:
+        if not _round.release_due:
+            _round.release_due = True
+            # Callbacks run in order: this one after those that resume the greenlets woken above.
+            gevent.get_hub().loop.run_callback(_release)
+
+
+def timed(byte_count: int, seconds: float, observe: Callable[[float], None]) -> None:
+    """Tell ``observe`` how long a broadcast of ``byte_count`` bytes in all took: the ``seconds`` it
+    took to queue, and when it was held for a round's write, its share of that write by bytes."""
+    if HELD.holding:
+        _round.timings.append((byte_count, seconds, observe))
+    else:
+        observe(seconds)
+
+
+class _Round:
+    __slots__ = ("release_due", "timings")
+
+    def __init__(self) -> None:
+        self.release_due = False
+        self.timings: list[tuple[int, float, Callable[[float], None]]] = []
+
+
+_round = _Round()
+
+
+def _release() -> None:
+    HELD.holding = False
+    _round.release_due = False
+    sessions, HELD.sessions = HELD.sessions, []
+    timings, _round.timings = _round.timings, []
+    started = time.perf_counter()
+    written = _write_held(sessions)
+    seconds = time.perf_counter() - started
+    for byte_count, queued, observe in timings:
+        observe(queued + (seconds * byte_count / written if written else 0.0))
+
+
+def _write_held(sessions: list[Session]) -> int:
+    """Write what each session holds; returns the bytes there were."""
+    held = [(session, session.take_held()) for session in sessions]
+    held = [(session, data) for session, data in held if data]
+    total = sum(len(data) for _, data in held)
+    straight: list[tuple[Session, bytes]] = []
+    if len(held) >= HELPER_FROM and _SEVERAL_CORES:
+        straight = [(session, data) for session, data in held if session.link.os_socket is not None]
+    if len(straight) < HELPER_FROM:
+        for session, data in held:
+            session.write(data)
+        return total
+    if len(straight) < len(held):
+        for session, data in held:
+            if session.link.os_socket is None:
+                session.write(data)
+    _write_from_two_threads([session for session, _ in straight], [data for _, data in straight])
+    return total
+
+
+def _write_from_two_threads(sessions: list[Session], data: list[bytes]) -> None:
+    """Write ``data[i]`` straight to the OS socket of ``sessions[i]``, half of them from the helper."""
+    half = len(sessions) // 2
+    helper = _the_helper()
+    helper.start([session.link.os_socket for session in sessions[half:]], data[half:])
+    try:
+        my_results = write_each([session.link.os_socket for session in sessions[:half]], data[:half])
     finally:
         their_results = helper.wait()
-    for session, result in zip(mine + theirs, my_results + their_results, strict=True):
-        session.wrote(frame, result)
-    return len(audience)
+    for session, chunk, result in zip(sessions, data, my_results + their_results, strict=True):
+        session.wrote(chunk, result)
 
 
 def _the_helper() -> _Helper:

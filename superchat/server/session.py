@@ -20,13 +20,28 @@ MAX_PENDING_BYTES = 4 * 1024 * 1024
 NO_IDS: frozenset[int] = frozenset()
 
 
+class HeldWrites:
+    """The sessions whose frames wait for the end of the hub's current round of wake-ups."""
+
+    __slots__ = ("holding", "sessions")
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.sessions: list[Session] = []
+
+
+HELD = HeldWrites()
+
+
 class Session:
     """One client connection: identity, joined channel, subscriptions and an outbound queue.
 
     Sending never blocks the caller: a frame goes straight to the kernel when the
     link takes it at once (TCP and WebSocket with room: one syscall, no greenlet),
     otherwise it waits in ``_pending`` for a short-lived flusher greenlet that writes as
-    the link drains (SSH always goes this way).
+    the link drains (SSH always goes this way). While ``HELD.holding`` (see
+    fanout.writes_together) frames wait in ``_pending`` too, without a flusher, until
+    the round's one write.
     """
 
     __slots__ = (
@@ -118,7 +133,16 @@ class Session:
             return
         if self._flusher is not None:
             self._queue(data)
-            return
+        elif self._pending:  # held for the round's write
+            self._keep(data)
+        elif HELD.holding:
+            HELD.sessions.append(self)
+            self._keep(data)
+        else:
+            self.write(data)
+
+    def write(self, data: bytes) -> None:
+        """Write now as much as the link takes at once; the rest is queued."""
         try:
             sent = self.link.try_write(data)
         except OSError:
@@ -126,11 +150,27 @@ class Session:
             return
         self.wrote(data, sent)
 
+    def take_held(self) -> bytes:
+        """Everything held for the round's write, now taken out to be written (b"" if none is:
+        a session with a flusher leaves its queue to the flusher)."""
+        pending = self._pending
+        if self._flusher is not None or not pending:
+            return b""
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        self._pending_bytes = 0
+        return data
+
+    def write_held(self) -> None:
+        data = self.take_held()
+        if data:
+            self.write(data)
+
     @property
     def writes_straight(self) -> bool:
         """Whether a frame for this session goes unchanged straight to an OS socket, which another
         OS thread may then write (see fanout.py)."""
-        return self._flusher is None and self._wrap is None and not self.closed \
+        return self._flusher is None and not self._pending and self._wrap is None and not self.closed \
             and self.link.os_socket is not None
 
     def wrote(self, data: bytes, sent: int | OSError) -> None:
@@ -142,6 +182,11 @@ class Session:
             self._queue(data[sent:])
 
     def _queue(self, data: bytes) -> None:
+        self._keep(data)
+        if self._flusher is None and not self.closed:
+            self._flusher = gevent.spawn(self._flush)
+
+    def _keep(self, data: bytes) -> None:
         self._pending.append(data)
         self._pending_bytes += len(data)
         if self._pending_bytes > MAX_PENDING_BYTES:
@@ -152,9 +197,6 @@ class Session:
                 self._pending_bytes,
             )
             self.close("outbound queue overflow")
-            return
-        if self._flusher is None:
-            self._flusher = gevent.spawn(self._flush)
 
     def _flush(self) -> None:
         try:
@@ -173,6 +215,7 @@ class Session:
     def finish(self, reason: str) -> None:
         """Close once everything queued so far is written (a last ERROR, a DISCONNECT)."""
         self._finish_reason = reason
+        self.write_held()
         if self._flusher is None:
             self.close(reason)
 
@@ -188,6 +231,7 @@ class Session:
 
     def drain(self, timeout: float) -> None:
         """Wait (bounded) until everything queued so far has been written."""
+        self.write_held()
         flusher = self._flusher
         if flusher is not None:
             flusher.join(timeout)

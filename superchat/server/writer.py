@@ -6,7 +6,8 @@ cache, and on another thread every statement would wait again for the interprete
 lock the busy hub holds. So a batch of posts is inserted on the hub and committed on
 the thread. Posts that arrive while a commit is in progress are committed together
 in the next transaction (group commit), and each acknowledgement still follows the
-commit of that very post.
+commit of that very post. What the acknowledged posters' greenlets then send goes out as
+one write per session (fanout.writes_together).
 
 PostgreSQL takes concurrent writers, and through storage/green.py its queries wait without
 blocking the hub: writes run on the calling greenlet, as many at once as the Store's
@@ -28,6 +29,7 @@ from gevent.threadpool import ThreadPool
 
 from ..observability import trace
 from ..storage import DiskFull, MessageRow, NewPost, PostRejected, Store
+from . import fanout
 
 log = logging.getLogger("superchat.writer")
 
@@ -124,8 +126,9 @@ class Writer:
                 trace.group_commit(len(batch), stored, time.perf_counter() - started)
             if stored:
                 self.disk_space.post_stored()
-            for (_, result), row in zip(batch, rows, strict=True):
-                result.set(row)
+            with fanout.writes_together():
+                for (_, result), row in zip(batch, rows, strict=True):
+                    result.set(row)
 
     def _store_batch(self, posts: list[NewPost]) -> list[MessageRow | PostRejected]:
         if self._pool is None:
