@@ -162,30 +162,33 @@ def ping(n: int) -> bytes:
     return encode_message(messages.Ping(timestamp=n))
 
 
-def test_what_a_round_sends_goes_out_as_one_write_per_session_in_order():
+def test_the_broadcasts_of_a_round_go_out_as_one_write_per_session_and_replies_at_once():
     peers, sessions = connected_sessions(3, CountedLink)
-    poster = sessions[0]
+    poster, replied, other = sessions
     observed: list[float] = []
 
     with writes_together():
-        poster.send(ping(1))  # the acknowledgement
-        send_all(sessions, ping(2))  # the broadcast, the poster among its audience
+        poster.send(ping(1))  # the acknowledgement: written at once
+        send_all(sessions, ping(2))  # the broadcast, the poster among its audience: held
         timed(3 * len(ping(2)), 0.25, observed.append)
+        replied.send(ping(5))  # a reply goes at once, after what was held for it
     send_all(sessions[1:], ping(3))  # another greenlet woken by the round
+    assert received(peers[0], len(ping(1))) == ping(1)
+    assert received(peers[1], 2 * len(ping(2))) == ping(2) + ping(5)
     assert all(nothing_arrived(peer) for peer in peers)
     assert observed == []
 
     gevent.sleep(0)  # the hub runs its callbacks: the round ends
-    assert received(peers[0], 2 * len(ping(1))) == ping(1) + ping(2)
-    for peer in peers[1:]:
-        assert received(peer, 2 * len(ping(2))) == ping(2) + ping(3)
-    assert [session.link.writes for session in sessions] == [1, 1, 1]
+    assert received(peers[0], len(ping(2))) == ping(2)
+    assert received(peers[1], len(ping(3))) == ping(3)
+    assert received(peers[2], 2 * len(ping(2))) == ping(2) + ping(3)
+    assert [session.link.writes for session in sessions] == [2, 2, 1]
     # The broadcast's time is the time it took to queue plus its share of the round's write.
     assert len(observed) == 1 and observed[0] > 0.25
 
     # Outside a round each frame is written at once.
     send_all(sessions, ping(4))
-    assert [session.link.writes for session in sessions] == [2, 2, 2]
+    assert [session.link.writes for session in sessions] == [3, 3, 2]
     timed(10, 0.5, observed.append)
     assert observed[1] == 0.5
     for peer in peers:

@@ -1,13 +1,13 @@
-"""Frames to many sessions: one write per session for each round of acknowledgements, and the
-writing spread over two cores when the audience is large.
+"""Frames to many sessions: one write per session for the broadcasts of a round of
+acknowledgements, and the writing spread over two cores when the audience is large.
 
 A group commit acknowledges a batch of posts at once, and each greenlet it wakes sends its
-acknowledgement and its broadcast. Inside ``writes_together`` and until those greenlets have
-all run (one round of the hub's callbacks), what they send is held in the sessions' queues;
-then each session gets one write of all it was sent: a subscriber of a channel that had five
-of the batch's posts gets them in one system call, a poster its acknowledgement and its own
-post in one. A round lasts as long as the handling of its batch, so nothing waits longer than
-the last acknowledgement of the batch would have.
+acknowledgement and broadcasts its post. Inside ``writes_together`` and until those greenlets
+have all run (one round of the hub's callbacks), the broadcasts are held in the sessions'
+queues; then each session gets one write of all it was sent: a subscriber of a channel that
+had five of the batch's posts gets them in one system call. A reply (an acknowledgement) is
+never held: it goes out at once, with whatever was held for its session before it, so that a
+client waiting for its acknowledgement sends its next request as soon as it would have.
 
 A delivery costs one ``send`` system call, most of it the kernel's work on the receiver's
 socket, which runs without the interpreter lock. So for a large audience an OS thread of
@@ -32,10 +32,11 @@ import gevent
 from gevent import monkey
 
 from ..observability import trace
-from .session import HELD, Session
 
 if TYPE_CHECKING:
     import socket
+
+    from .session import Session
 
 # Below this many straight writes, waking the helper costs more than it saves.
 HELPER_FROM = 128
@@ -107,9 +108,15 @@ _helper: _Helper | None = None
 
 def send_all(audience: Collection[Session], frame: bytes) -> int:
     """Send ``frame`` to every session of ``audience``; returns how many that was."""
+    if _round.holding:
+        held = _round.sessions
+        for session in audience:
+            if session.hold(frame):
+                held.append(session)
+        return len(audience)
     straight: list[Session] = []
     # With the DEBUG lines on, each frame out is told session by session, on the hub.
-    if len(audience) >= HELPER_FROM and _SEVERAL_CORES and not trace.enabled and not HELD.holding:
+    if len(audience) >= HELPER_FROM and _SEVERAL_CORES and not trace.enabled:
         straight = [session for session in audience if session.writes_straight]
     if len(straight) < HELPER_FROM:
         for session in audience:
@@ -126,9 +133,9 @@ def send_all(audience: Collection[Session], frame: bytes) -> int:
 
 @contextmanager
 def writes_together() -> Iterator[None]:
-    """Hold what is sent from here until the greenlets woken inside the block have run, then write
-    each session's share at once."""
-    HELD.holding = True
+    """Hold what is broadcast from here until the greenlets woken inside the block have run, then
+    write each session's share at once."""
+    _round.holding = True
     try:
         yield
     finally:
@@ -141,17 +148,19 @@ def writes_together() -> Iterator[None]:
 def timed(byte_count: int, seconds: float, observe: Callable[[float], None]) -> None:
     """Tell ``observe`` how long a broadcast of ``byte_count`` bytes in all took: the ``seconds`` it
     took to queue, and when it was held for a round's write, its share of that write by bytes."""
-    if HELD.holding:
+    if _round.holding:
         _round.timings.append((byte_count, seconds, observe))
     else:
         observe(seconds)
 
 
 class _Round:
-    __slots__ = ("release_due", "timings")
+    __slots__ = ("holding", "release_due", "sessions", "timings")
 
     def __init__(self) -> None:
+        self.holding = False
         self.release_due = False
+        self.sessions: list[Session] = []
         self.timings: list[tuple[int, float, Callable[[float], None]]] = []
 
 
@@ -159,9 +168,8 @@ _round = _Round()
 
 
 def _release() -> None:
-    HELD.holding = False
-    _round.release_due = False
-    sessions, HELD.sessions = HELD.sessions, []
+    _round.holding = _round.release_due = False
+    sessions, _round.sessions = _round.sessions, []
     timings, _round.timings = _round.timings, []
     started = time.perf_counter()
     written = _write_held(sessions)

@@ -20,28 +20,15 @@ MAX_PENDING_BYTES = 4 * 1024 * 1024
 NO_IDS: frozenset[int] = frozenset()
 
 
-class HeldWrites:
-    """The sessions whose frames wait for the end of the hub's current round of wake-ups."""
-
-    __slots__ = ("holding", "sessions")
-
-    def __init__(self) -> None:
-        self.holding = False
-        self.sessions: list[Session] = []
-
-
-HELD = HeldWrites()
-
-
 class Session:
     """One client connection: identity, joined channel, subscriptions and an outbound queue.
 
     Sending never blocks the caller: a frame goes straight to the kernel when the
     link takes it at once (TCP and WebSocket with room: one syscall, no greenlet),
     otherwise it waits in ``_pending`` for a short-lived flusher greenlet that writes as
-    the link drains (SSH always goes this way). While ``HELD.holding`` (see
-    fanout.writes_together) frames wait in ``_pending`` too, without a flusher, until
-    the round's one write.
+    the link drains (SSH always goes this way). Broadcast frames may be held in
+    ``_pending`` without a flusher for one write later (``hold``, see fanout.py); a frame
+    sent meanwhile goes out at once together with them.
     """
 
     __slots__ = (
@@ -121,11 +108,26 @@ class Session:
 
     def send(self, frame: bytes) -> None:
         """Queue one encoded frame; the same bytes object may go to many sessions."""
+        if not self.closed:
+            self.send_wrapped(self._enveloped(frame))
+
+    def hold(self, frame: bytes) -> bool:
+        """Keep one encoded frame for ``write_held``; True when nothing was held before, so that the
+        caller sees to that write."""
         if self.closed:
-            return
+            return False
+        data = self._enveloped(frame)
+        if self._flusher is not None:
+            self._queue(data)
+            return False
+        first = not self._pending
+        self._keep(data)
+        return first
+
+    def _enveloped(self, frame: bytes) -> bytes:
         if trace.enabled:
             trace.frame_out(self.id, frame)
-        self.send_wrapped(frame if self._wrap is None else self._wrap(frame))
+        return frame if self._wrap is None else self._wrap(frame)
 
     def send_wrapped(self, data: bytes) -> None:
         """Queue bytes already in the transport's envelope (a frame, or a WebSocket control message)."""
@@ -133,11 +135,9 @@ class Session:
             return
         if self._flusher is not None:
             self._queue(data)
-        elif self._pending:  # held for the round's write
+        elif self._pending:  # held broadcasts: a reply does not wait for their write, and follows them
             self._keep(data)
-        elif HELD.holding:
-            HELD.sessions.append(self)
-            self._keep(data)
+            self.write_held()
         else:
             self.write(data)
 
@@ -151,8 +151,8 @@ class Session:
         self.wrote(data, sent)
 
     def take_held(self) -> bytes:
-        """Everything held for the round's write, now taken out to be written (b"" if none is:
-        a session with a flusher leaves its queue to the flusher)."""
+        """Everything held, now taken out to be written (b"" if none is: a session with a flusher
+        leaves its queue to the flusher)."""
         pending = self._pending
         if self._flusher is not None or not pending:
             return b""

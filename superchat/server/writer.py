@@ -6,8 +6,8 @@ cache, and on another thread every statement would wait again for the interprete
 lock the busy hub holds. So a batch of posts is inserted on the hub and committed on
 the thread. Posts that arrive while a commit is in progress are committed together
 in the next transaction (group commit), and each acknowledgement still follows the
-commit of that very post. What the acknowledged posters' greenlets then send goes out as
-one write per session (fanout.writes_together).
+commit of that very post. What the acknowledged posters' greenlets then broadcast goes out
+as one write per session (fanout.writes_together).
 
 PostgreSQL takes concurrent writers, and through storage/green.py its queries wait without
 blocking the hub: writes run on the calling greenlet, as many at once as the Store's
