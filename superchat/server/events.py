@@ -81,8 +81,7 @@ def _send_delivery(audience: list[Session], type_name: str, post: tuple[str, int
     started = time.perf_counter()
     recipients = _send_all(audience, frame, type_name)
     if post is not None or (trace.enabled and frame):
-        fanout.timed(recipients * len(frame), time.perf_counter() - started,
-                     functools.partial(_delivered, post, frame, recipients))
+        fanout.timed(started, functools.partial(_delivered, post, frame, recipients))
     return recipients
 
 

@@ -7,7 +7,8 @@ have all run (one round of the hub's callbacks), the broadcasts are held in the 
 queues; then each session gets one write of all it was sent: a subscriber of a channel that
 had five of the batch's posts gets them in one system call. A reply (an acknowledgement) is
 never held: it goes out at once, with whatever was held for its session before it, so that a
-client waiting for its acknowledgement sends its next request as soon as it would have.
+client waiting for its acknowledgement sends its next request as soon as it would have. A
+session is never held more than HOLD_AT_MOST_BYTES (session.py): past that it is written at once.
 
 A delivery costs one ``send`` system call, most of it the kernel's work on the receiver's
 socket, which runs without the interpreter lock. So for a large audience an OS thread of
@@ -145,13 +146,13 @@ def writes_together() -> Iterator[None]:
             gevent.get_hub().loop.run_callback(_release)
 
 
-def timed(byte_count: int, seconds: float, observe: Callable[[float], None]) -> None:
-    """Tell ``observe`` how long a broadcast of ``byte_count`` bytes in all took: the ``seconds`` it
-    took to queue, and when it was held for a round's write, its share of that write by bytes."""
+def timed(started: float, observe: Callable[[float], None]) -> None:
+    """Tell ``observe`` how long a broadcast begun at ``started`` (``time.perf_counter``) took: until
+    its frames were handed to the kernel, at the end of its round's write when it was held."""
     if _round.holding:
-        _round.timings.append((byte_count, seconds, observe))
+        _round.timings.append((started, observe))
     else:
-        observe(seconds)
+        observe(time.perf_counter() - started)
 
 
 class _Round:
@@ -161,41 +162,44 @@ class _Round:
         self.holding = False
         self.release_due = False
         self.sessions: list[Session] = []
-        self.timings: list[tuple[int, float, Callable[[float], None]]] = []
+        self.timings: list[tuple[float, Callable[[float], None]]] = []
 
 
 _round = _Round()
+
+# The two-thread path takes this many sessions' held bytes at a time, so that a round to a large
+# audience never has a joined copy for every session at once (at most HOLD_AT_MOST_BYTES each).
+_SLICE = HELPER_FROM
 
 
 def _release() -> None:
     _round.holding = _round.release_due = False
     sessions, _round.sessions = _round.sessions, []
     timings, _round.timings = _round.timings, []
-    started = time.perf_counter()
-    written = _write_held(sessions)
-    seconds = time.perf_counter() - started
-    for byte_count, queued, observe in timings:
-        observe(queued + (seconds * byte_count / written if written else 0.0))
+    _write_held(sessions)
+    written = time.perf_counter()
+    for started, observe in timings:
+        observe(written - started)
 
 
-def _write_held(sessions: list[Session]) -> int:
-    """Write what each session holds; returns the bytes there were."""
-    held = [(session, session.take_held()) for session in sessions]
-    held = [(session, data) for session, data in held if data]
-    total = sum(len(data) for _, data in held)
-    straight: list[tuple[Session, bytes]] = []
-    if len(held) >= HELPER_FROM and _SEVERAL_CORES:
-        straight = [(session, data) for session, data in held if session.link.os_socket is not None]
+def _write_held(sessions: list[Session]) -> None:
+    """Write what each session holds."""
+    straight: list[Session] = []
+    if len(sessions) >= HELPER_FROM and _SEVERAL_CORES:
+        straight = [session for session in sessions if session.link.os_socket is not None]
     if len(straight) < HELPER_FROM:
-        for session, data in held:
-            session.write(data)
-        return total
-    if len(straight) < len(held):
-        for session, data in held:
+        for session in sessions:
+            session.write_held()
+        return
+    if len(straight) < len(sessions):
+        for session in sessions:
             if session.link.os_socket is None:
-                session.write(data)
-    _write_from_two_threads([session for session, _ in straight], [data for _, data in straight])
-    return total
+                session.write_held()
+    for first in range(0, len(straight), _SLICE):
+        held = [(session, session.take_held()) for session in straight[first:first + _SLICE]]
+        held = [(session, data) for session, data in held if data]
+        if held:
+            _write_from_two_threads([session for session, _ in held], [data for _, data in held])
 
 
 def _write_from_two_threads(sessions: list[Session], data: list[bytes]) -> None:

@@ -17,6 +17,9 @@ log = logging.getLogger("superchat.session")
 # A session whose unsent bytes pass this is a reader that stopped reading; it is
 # dropped so that it never holds memory or delays anyone else.
 MAX_PENDING_BYTES = 4 * 1024 * 1024
+# Held broadcasts past this are written at once: the outbound limit above is for bytes the
+# client did not read, never for what a round held, and a round holds little memory per session.
+HOLD_AT_MOST_BYTES = 64 * 1024
 NO_IDS: frozenset[int] = frozenset()
 
 
@@ -122,6 +125,8 @@ class Session:
             return False
         first = not self._pending
         self._keep(data)
+        if self._pending_bytes >= HOLD_AT_MOST_BYTES:
+            self.write_held()
         return first
 
     def _enveloped(self, frame: bytes) -> bytes:
@@ -227,6 +232,7 @@ class Session:
     def wait_for_reader(self, timeout: float) -> bool:
         """Wait (bounded) for the client to read what is queued; False if it did not."""
         self.drain(timeout)
+        self.write_held()  # what a round held meanwhile is not the client's to have read yet
         return not self._pending
 
     def drain(self, timeout: float) -> None:
