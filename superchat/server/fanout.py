@@ -32,8 +32,6 @@ from typing import TYPE_CHECKING
 import gevent
 from gevent import monkey
 
-from ..observability import trace
-
 if TYPE_CHECKING:
     import socket
 
@@ -108,27 +106,14 @@ _helper: _Helper | None = None
 
 
 def send_all(audience: Collection[Session], frame: bytes) -> int:
-    """Send ``frame`` to every session of ``audience``; returns how many that was."""
-    if _round.holding:
-        held = _round.sessions
-        for session in audience:
-            if session.hold(frame):
-                held.append(session)
-        return len(audience)
-    straight: list[Session] = []
-    # With the DEBUG lines on, each frame out is told session by session, on the hub.
-    if len(audience) >= HELPER_FROM and _SEVERAL_CORES and not trace.enabled:
-        straight = [session for session in audience if session.writes_straight]
-    if len(straight) < HELPER_FROM:
-        for session in audience:
-            session.send(frame)
-        return len(audience)
-    if len(straight) < len(audience):
-        writes_straight = set(straight)
-        for session in audience:
-            if session not in writes_straight:
-                session.send(frame)
-    _write_from_two_threads(straight, [frame] * len(straight))
+    """Send ``frame`` to every session of ``audience``; returns how many that was. In a round it
+    is held for the round's write, otherwise written now."""
+    held = _round.sessions if _round.holding else []
+    for session in audience:
+        if session.hold(frame):
+            held.append(session)
+    if not _round.holding:
+        _write_held(held)
     return len(audience)
 
 

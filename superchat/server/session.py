@@ -171,13 +171,6 @@ class Session:
         if data:
             self.write(data)
 
-    @property
-    def writes_straight(self) -> bool:
-        """Whether a frame for this session goes unchanged straight to an OS socket, which another
-        OS thread may then write (see fanout.py)."""
-        return self._flusher is None and not self._pending and self._wrap is None and not self.closed \
-            and self.link.os_socket is not None
-
     def wrote(self, data: bytes, sent: int | OSError) -> None:
         """How much of ``data`` the link took when written straight to it, or why it failed; the
         rest is queued."""
