@@ -48,7 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     # logrotate's postrotate (systemctl reload) sends SIGHUP, whose default action would kill the server.
     gevent.signal_handler(signal.SIGHUP, logs.reopen)
 
+    from .server import runtime
     from .server.app import Server
+
+    runtime.settle()
 
     # Installed before the listener opens, so a signal never finds the default handler.
     stopping = Event()

@@ -95,6 +95,14 @@ def test_sigterm_tells_clients_and_exits_cleanly(start_server):
     assert "Graceful shutdown complete" in log
 
 
+def test_the_server_runs_with_its_interpreter_settings_and_says_so(start_server):
+    # CPython's own are a 5 ms switch interval and thresholds 700, 10, 10 (superchat/server/runtime.py).
+    server = start_server()
+    log = server.wait_for_log("Interpreter: ")
+    assert "the hub polls its sockets at least every 1 ms" in log
+    assert "garbage collection thresholds 20000, 10, 10" in log
+
+
 def test_sigint_also_shuts_down_cleanly(start_server):
     server = start_server()
     assert server.stop(signal.SIGINT) == 0

@@ -18,7 +18,7 @@ from ..observability.profiling import enable_block_profiling, profiling_app
 from ..open_files import raise_open_files_limit
 from ..protocol import flags, messages
 from ..storage import StorageError, Store
-from . import events
+from . import events, runtime
 from .bans import BanList
 from .cluster import Cluster, Solo
 from .context import ServerContext
@@ -146,6 +146,7 @@ class Server:
         log.info("Database: %s", self.ctx.store.location)
         log.info("Open files: up to %d, which bounds the sessions (each holds one; LimitNOFILE= or ulimit -n "
                  "raise it)", open_files)
+        log.info("Interpreter: %s", runtime.describe())
         self._background.append(gevent.spawn(self._retention_loop))
         self._background.append(gevent.spawn(self._database_size_loop))
         if self.ctx.cluster.shared:
