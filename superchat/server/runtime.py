@@ -15,8 +15,8 @@ are alive at every such moment, so they reach the oldest generation by the thous
 few seconds a full collection walks every object of the process (each session's among them)
 while the hub waits: with 200 posters, 5 to 13 of them in 25 s, 30-60 ms each, with nothing to
 collect (those objects are freed by their reference counts). Collected every 20,000 allocations,
-far fewer are caught alive; under the same load no full collection over 2 ms ran after the
-start. Reference cycles are still collected.
+far fewer are caught alive; under the same load no full collection ran at all, nor any other
+of 2 ms or more. Reference cycles are still collected.
 """
 
 from __future__ import annotations
